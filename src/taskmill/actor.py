@@ -1,0 +1,101 @@
+"""Actor[P, R]: a function that can also be sent as a message, type-checked against its signature."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, ParamSpec, TypeVar
+
+from taskmill.errors import ArgumentsError
+from taskmill.message import Message
+from taskmill.options import ActorOptions, check_priority, check_queue, delay_ms
+
+if TYPE_CHECKING:
+    from taskmill.app import App
+
+__all__ = ["Actor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Actor(Generic[P, R]):
+    """A registered function. Call it to run inline; ``send`` it to run on a worker."""
+
+    def __init__(self, fn: Callable[P, R], *, app: App, name: str, options: ActorOptions) -> None:
+        self.fn = fn
+        self.app = app
+        self.name = name
+        self.options = options
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.logger = logging.getLogger(f"taskmill.actors.{name}")
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"Actor({self.name!r}, queue={self.options.queue!r})"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, as a plain call."""
+        return self.fn(*args, **kwargs)
+
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """A message for this actor with the actor's default options, not yet sent."""
+        return self.message_with_options(args=args, kwargs=kwargs)
+
+    def message_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        message_id: str | None = None,
+    ) -> Message:
+        """A message with per-message options; arguments are checked against the signature."""
+        kwargs = dict(kwargs or {})
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentsError(f"{self.name}: {exc}") from None
+        if priority is not None:
+            check_priority(priority)
+        if queue is not None:
+            check_queue(queue)
+        extra: dict[str, Any] = {}
+        if message_id is not None:
+            extra["id"] = message_id
+        return Message(
+            actor=self.name,
+            args=tuple(args),
+            kwargs=kwargs,
+            queue=queue or self.options.queue,
+            priority=self.options.priority if priority is None else priority,
+            delay_ms=delay_ms(delay, eta),
+            **extra,
+        )
+
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+        """Enqueue a call of this actor; returns the sent Message."""
+        return self.app.enqueue([self.message_with_options(args=args, kwargs=kwargs)])[0]
+
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        message_id: str | None = None,
+    ) -> Message:
+        """Enqueue with per-message options: delay (s or timedelta) or eta, priority 0-9, queue, id."""
+        message = self.message_with_options(
+            args=args, kwargs=kwargs, delay=delay, eta=eta, priority=priority, queue=queue, message_id=message_id
+        )
+        return self.app.enqueue([message])[0]

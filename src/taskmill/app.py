@@ -1,0 +1,169 @@
+"""App: settings, the broker built from its URL, and the registry of actors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, Sequence, TypeVar, overload
+
+from taskmill.brokers import Broker, Record, open_broker
+from taskmill.errors import ActorNotFound, ConfigurationError, PayloadTooLarge
+from taskmill.message import Message
+from taskmill.middleware import Middleware
+from taskmill.options import ActorOptions
+
+if TYPE_CHECKING:
+    from taskmill.actor import Actor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ["App", "Settings"]
+
+DEFAULT_BROKER_URL = "sqlite:///taskmill.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every App setting; each has an environment variable TASKMILL_<NAME upper-cased>."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    lease_seconds: float = 30.0  # a worker that stops heartbeating loses its messages after this
+    max_payload_bytes: int = 256 * 1024
+    max_deliveries: int = 25  # crash guard: a message whose lease expires this often is dead-lettered
+    grace_seconds: float = 30.0  # how long a stopping worker lets in-flight work finish
+    log_args: bool = False  # include (truncated) arguments in worker log lines
+    log_args_max: int = 200  # characters of arguments logged when log_args is on
+
+    @classmethod
+    def resolve(cls, given: dict[str, Any], environ: os._Environ[str] | dict[str, str] = os.environ) -> Settings:
+        """Arguments first, then TASKMILL_* environment variables, then defaults."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            if given.get(spec.name) is not None:
+                values[spec.name] = given[spec.name]
+                continue
+            raw = environ.get(f"TASKMILL_{spec.name.upper()}")
+            if raw is not None and raw != "":
+                values[spec.name] = _parse(spec.name, raw, type(getattr(cls, spec.name)))
+        settings = cls(**values)
+        if settings.lease_seconds <= 0 or settings.max_payload_bytes <= 0 or settings.max_deliveries < 1:
+            raise ConfigurationError("lease_seconds, max_payload_bytes and max_deliveries must be positive")
+        return settings
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes", "on"}
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"TASKMILL_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+class App:
+    """A taskmill application: one broker, its settings and its actors."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        broker: Broker | None = None,
+        middleware: Sequence[Middleware] = (),
+        lease_seconds: float | None = None,
+        max_payload_bytes: int | None = None,
+        max_deliveries: int | None = None,
+        grace_seconds: float | None = None,
+        log_args: bool | None = None,
+    ) -> None:
+        given = {k: v for k, v in locals().items() if k not in {"self", "broker", "middleware"}}
+        self.settings = Settings.resolve(given)
+        self.middleware = list(middleware)
+        self.actors: dict[str, Actor[Any, Any]] = {}
+        self._broker = broker
+        self._broker_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"App({self.settings.broker_url!r}, actors={sorted(self.actors)})"
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, opened on first use (so importing a module with an App does no I/O)."""
+        if self._broker is None:
+            with self._broker_lock:
+                if self._broker is None:
+                    self._broker = open_broker(self.settings.broker_url, max_deliveries=self.settings.max_deliveries)
+        return self._broker
+
+    def close(self) -> None:
+        """Close the broker's connections."""
+        if self._broker is not None:
+            self._broker.close()
+
+    # -- actors --------------------------------------------------------------------------------
+    @overload
+    def actor(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
+
+    @overload
+    def actor(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Actor[P, R]]: ...
+
+    def actor(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Actor[P, R] | Callable[[Callable[P, R]], Actor[P, R]]:
+        """Make a function an actor, bare (``@app.actor``) or with options (``@app.actor(queue=...)``)."""
+        from taskmill.actor import Actor  # actor.py imports app for typing only; this breaks the cycle
+
+        actor_options = ActorOptions.build(options, self.declared_options())
+
+        def decorate(func: Callable[P, R]) -> Actor[P, R]:
+            actor = Actor(func, app=self, name=name or func.__name__, options=actor_options)
+            existing = self.actors.get(actor.name)
+            if existing is not None and existing.fn.__qualname__ != func.__qualname__:
+                raise ConfigurationError(f"two actors are named {actor.name!r}; pass name=... to one")
+            self.actors[actor.name] = actor
+            return actor
+
+        return decorate(fn) if fn is not None else decorate
+
+    def declared_options(self) -> Iterable[str]:
+        """Option names the app's middleware accept beyond the built-in ones."""
+        return {name for mw in self.middleware for name in mw.options}
+
+    def get_actor(self, name: str) -> Actor[Any, Any]:
+        """The actor registered under ``name``; ActorNotFound otherwise."""
+        try:
+            return self.actors[name]
+        except KeyError:
+            raise ActorNotFound(f"no actor named {name!r} (known: {', '.join(sorted(self.actors)) or 'none'})") from None
+
+    # -- producing -----------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> list[Message]:
+        """Encode, size-check and publish messages in one broker call; nothing is sent if one is bad."""
+        prepared: list[Message] = []
+        records: list[Record] = []
+        limit = self.settings.max_payload_bytes
+        for message in messages:
+            for mw in self.middleware:
+                message = mw.before_enqueue(self, message)
+            body = message.encode()
+            if len(body) > limit:
+                raise PayloadTooLarge(len(body), limit)
+            prepared.append(message)
+            records.append(Record(message.id, message.queue, body, message.priority, message.delay_ms))
+        broker = self.broker
+        if broker.eager:
+            from taskmill.worker.executor import run_eagerly
+
+            for record in records:
+                run_eagerly(self, record.body)
+        else:
+            broker.publish(records)
+        for message in prepared:
+            for mw in reversed(self.middleware):
+                mw.after_enqueue(self, message)
+        return prepared

@@ -1,0 +1,169 @@
+"""The Broker interface: the one seam between taskmill and a backend.
+
+A broker stores opaque message bodies and hands them out under *leases*. It knows nothing of
+actors or the envelope. Every backend honours the same semantics (tests/contract proves it):
+
+- ``publish`` makes records durable before it returns; a record with ``delay_ms`` becomes
+  fetchable ``delay_ms`` after the broker received it, measured on the broker's clock.
+- ``fetch`` hands out fetchable records, highest ``priority`` first, then oldest first, each under
+  a lease of ``lease_ms`` with a fresh fencing ``token``, and counts the delivery in the broker.
+- A delivery whose lease ran out becomes fetchable again (deliveries + 1). When such a record has
+  already been delivered ``max_deliveries`` times, the broker dead-letters it with the reason
+  ``delivery_limit`` instead, so a message that kills its worker cannot loop forever.
+- ``ack``, ``retry``, ``dead_letter`` and ``extend`` succeed only for the current holder: once
+  another delivery of the message was fetched, the old token is refused (LeaseLost). A holder
+  whose lease ran out but whose message nobody fetched yet may still settle it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+from taskmill.errors import LeaseLost
+
+__all__ = ["Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a producer hands the broker: an encoded message and how to route it."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of a record to a consumer, valid while its lease holds."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    deliveries: int  # times this record was handed out, this delivery included
+    token: str  # fencing token: only the current holder may settle the record
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a message is dead: a reason code and, for actor errors, the error's text."""
+
+    reason: str  # failed | decode_error | unknown_actor | delivery_limit | bad_signature ...
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    exception: BaseException | None = None  # kept in memory only (memory broker's join); never stored
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in the dead-letter queue, with why it died."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    reason: str
+    error_type: str
+    error_message: str
+    traceback: str
+    deliveries: int
+    dead_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one queue: fetchable now, waiting for their time, leased, dead."""
+
+    queue: str
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+
+
+class Broker(abc.ABC):
+    """Stores message bodies and leases them to consumers; one subclass per backend."""
+
+    #: True when send() should run the actor at once in the caller (memory://?eager=1).
+    eager: bool = False
+
+    def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
+        self.url = url
+        self.max_deliveries = max_deliveries
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for the worker's banner (a file's absolute path for sqlite)."""
+        return self.url
+
+    # -- producing -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def publish(self, records: Sequence[Record]) -> None:
+        """Store ``records`` durably; all of them or (on error) possibly none."""
+
+    # -- consuming -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
+        """Lease up to ``limit`` fetchable records from ``queues``, best priority first."""
+
+    @abc.abstractmethod
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning early when a fetch may find something."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Delete finished records; return the deliveries refused because their lease was lost."""
+
+    @abc.abstractmethod
+    def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
+        """Renew leases to ``lease_ms`` from now; return the deliveries whose lease was lost."""
+
+    @abc.abstractmethod
+    def retry(self, delivery: Delivery, delay_ms: int) -> None:
+        """Make the record fetchable again after ``delay_ms``; LeaseLost if not the holder."""
+
+    @abc.abstractmethod
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give unstarted deliveries back at once, uncounted (shutdown); lost leases are ignored."""
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
+        """Move the record to the dead-letter queue; LeaseLost if not the holder."""
+
+    # -- inspecting and operating --------------------------------------------------------------
+    @abc.abstractmethod
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        """Counts per queue (every known queue when ``queues`` is None), sorted by name."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete the ready and delayed records of ``queue``; in-flight ones finish. Returns count."""
+
+    @abc.abstractmethod
+    def dead_letters(
+        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first, a page at a time."""
+
+    @abc.abstractmethod
+    def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Move dead letters (by id, by queue, or all) back to their queue with a fresh count."""
+
+    @abc.abstractmethod
+    def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Delete dead letters (by id, by queue, or all). Returns how many."""
+
+    def close(self) -> None:  # noqa: B027 -- optional hook; most backends have something to close
+        """Release connections and files."""
+
+    # -- conveniences over the batch operations ------------------------------------------------
+    def ack_one(self, delivery: Delivery) -> None:
+        """Ack one delivery, raising LeaseLost if the lease was lost."""
+        if self.ack([delivery]):
+            raise LeaseLost(f"message {delivery.id} is leased to another delivery; ack refused")

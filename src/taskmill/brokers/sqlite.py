@@ -1,0 +1,269 @@
+"""sqlite:/// — the embedded default broker, safe across processes on one machine.
+
+WAL journal, ``BEGIN IMMEDIATE`` for every write, a busy timeout and ``synchronous=FULL`` (set
+``?synchronous=normal`` in the URL to trade the last commits on power loss for speed). The schema
+is in ``sqlite_schema.sql`` beside this module. Times are this machine's clock, which every
+process on it shares.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from taskmill.message import now_ms
+
+__all__ = ["SQLiteBroker", "path_from_url"]
+
+_SCHEMA = (Path(__file__).with_name("sqlite_schema.sql")).read_text()
+_SYNCHRONOUS = {"off", "normal", "full", "extra"}
+_POLL_SECONDS = 0.01  # how often an idle wait looks for commits by other processes
+
+
+def path_from_url(url: str) -> Path:
+    """The database file a ``sqlite:///`` URL names, resolved to an absolute path."""
+    parts = urlsplit(url)
+    raw = parts.path[1:] if url.startswith("sqlite:///") else parts.netloc + parts.path
+    if not raw:
+        raise ConfigurationError(f"sqlite URL {url!r} names no file; use sqlite:///path/to.db")
+    return Path(raw).expanduser().resolve()
+
+
+class SQLiteBroker(Broker):
+    """Messages as rows in one SQLite file; leases are token + expiry columns."""
+
+    def __init__(self, url: str, *, max_deliveries: int = 25, busy_timeout: float = 30.0) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
+        self.path = path_from_url(url)
+        synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["full"])[-1].lower()
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigurationError(f"synchronous={synchronous!r}; choose one of {sorted(_SYNCHRONOUS)}")
+        self._lock = threading.RLock()  # one connection per instance, shared by its threads
+        self._local = threading.Condition()  # wakes waiters on commits made through this instance
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+        except (sqlite3.Error, OSError) as exc:
+            raise BrokerUnavailable(f"cannot open SQLite broker at {self.path}: {exc}") from exc
+
+    @property
+    def location(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise BrokerUnavailable(f"SQLite broker busy or unavailable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _notify(self) -> None:
+        with self._local:
+            self._local.notify_all()
+
+    def publish(self, records: Sequence[Record]) -> None:
+        now = now_ms()
+        rows = [(r.id, r.queue, r.priority, now + max(r.delay_ms, 0), r.body) for r in records]
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO taskmill_messages (id, queue, priority, available_at, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO taskmill_queues (name) VALUES (?)", [(q,) for q in {r[1] for r in rows}]
+            )
+        self._notify()
+
+    def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
+        if limit <= 0 or not queues:
+            return []
+        marks = ",".join("?" * len(queues))
+        out: list[Delivery] = []
+        with self._write() as db:
+            now = now_ms()
+            rows = db.execute(
+                "SELECT seq, id, queue, priority, deliveries, token, body FROM taskmill_messages"
+                f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+                (*queues, now, limit),
+            ).fetchall()
+            for seq, message_id, queue, priority, deliveries, token, body in rows:
+                if token is not None and deliveries >= self.max_deliveries:
+                    self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
+                    continue
+                token = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE taskmill_messages SET deliveries = deliveries + 1, token = ?, available_at = ?"
+                    " WHERE seq = ?",
+                    (token, now + lease_ms, seq),
+                )
+                out.append(Delivery(message_id, queue, bytes(body), priority, deliveries + 1, token))
+        return out
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        marks = ",".join("?" * len(queues))
+        version = self._read("PRAGMA data_version")[0][0]
+        soonest = self._read(
+            f"SELECT MIN(available_at) FROM taskmill_messages WHERE queue IN ({marks})", queues
+        )[0][0]
+        if soonest is not None:
+            deadline = min(deadline, time.monotonic() + max(soonest - now_ms(), 0) / 1000)
+        while (remaining := deadline - time.monotonic()) > 0:
+            with self._local:
+                if self._local.wait(min(remaining, _POLL_SECONDS)):
+                    return
+            if self._read("PRAGMA data_version")[0][0] != version:
+                return
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost = []
+        with self._write() as db:
+            for delivery in deliveries:
+                cursor = db.execute(
+                    "DELETE FROM taskmill_messages WHERE id = ? AND token = ?", (delivery.id, delivery.token)
+                )
+                if cursor.rowcount == 0:
+                    lost.append(delivery)
+        return lost
+
+    def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
+        lost = []
+        with self._write() as db:
+            until = now_ms() + lease_ms
+            for delivery in deliveries:
+                cursor = db.execute(
+                    "UPDATE taskmill_messages SET available_at = ? WHERE id = ? AND token = ?",
+                    (until, delivery.id, delivery.token),
+                )
+                if cursor.rowcount == 0:
+                    lost.append(delivery)
+        return lost
+
+    def retry(self, delivery: Delivery, delay_ms: int) -> None:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE taskmill_messages SET token = NULL, available_at = ? WHERE id = ? AND token = ?",
+                (now_ms() + max(delay_ms, 0), delivery.id, delivery.token),
+            )
+            if cursor.rowcount == 0:
+                raise LeaseLost(f"message {delivery.id} is leased to another delivery; retry refused")
+        self._notify()
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self._write() as db:
+            now = now_ms()
+            db.executemany(
+                "UPDATE taskmill_messages SET token = NULL, available_at = ?, deliveries = deliveries - 1"
+                " WHERE id = ? AND token = ?",
+                [(now, d.id, d.token) for d in deliveries],
+            )
+        self._notify()
+
+    def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT seq FROM taskmill_messages WHERE id = ? AND token = ?", (delivery.id, delivery.token)
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(f"message {delivery.id} is leased to another delivery; dead-letter refused")
+            self._bury(db, row[0], failure)
+
+    @staticmethod
+    def _bury(db: sqlite3.Connection, seq: int, failure: Failure) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO taskmill_dead (id, queue, priority, body, reason, error_type,"
+            " error_message, traceback, deliveries, dead_at)"
+            " SELECT id, queue, priority, body, ?, ?, ?, ?, deliveries, ? FROM taskmill_messages WHERE seq = ?",
+            (failure.reason, failure.error_type, failure.error_message, failure.traceback, now_ms(), seq),
+        )
+        db.execute("DELETE FROM taskmill_messages WHERE seq = ?", (seq,))
+
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        now = now_ms()
+        names = [r[0] for r in self._read("SELECT name FROM taskmill_queues")] if queues is None else queues
+        counts = {name: [0, 0, 0, 0] for name in names}
+        for queue, ready, delayed, in_flight in self._read(
+            "SELECT queue, SUM(token IS NULL AND available_at <= ?), SUM(token IS NULL AND available_at > ?),"
+            " SUM(token IS NOT NULL) FROM taskmill_messages GROUP BY queue",
+            (now, now),
+        ):
+            if queue in counts:
+                counts[queue][:3] = [ready, delayed, in_flight]
+        for queue, dead in self._read("SELECT queue, COUNT(*) FROM taskmill_dead GROUP BY queue"):
+            if queue in counts:
+                counts[queue][3] = dead
+        return [QueueStats(name, *counts[name]) for name in sorted(counts)]
+
+    def purge(self, queue: str) -> int:
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM taskmill_messages WHERE queue = ? AND token IS NULL", (queue,)
+            ).rowcount
+
+    def dead_letters(
+        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        where, params = _dead_filter(None, queue)
+        rows = self._read(
+            "SELECT id, queue, body, priority, reason, error_type, error_message, traceback, deliveries,"
+            f" dead_at FROM taskmill_dead {where} ORDER BY dead_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [DeadLetter(r[0], r[1], bytes(r[2]), *r[3:]) for r in rows]
+
+    def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        where, params = _dead_filter(ids, queue)
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO taskmill_messages (id, queue, priority, available_at, body)"
+                f" SELECT id, queue, priority, ?, body FROM taskmill_dead {where}",
+                (now_ms(), *params),
+            )
+            count = db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
+        self._notify()
+        return count
+
+    def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        where, params = _dead_filter(ids, queue)
+        with self._write() as db:
+            return db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if ids is not None:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
+        params.extend(ids)
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params

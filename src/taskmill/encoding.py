@@ -1,0 +1,84 @@
+"""The JSON codec: strict, so that what is accepted at send() round-trips exactly in the worker.
+
+orjson is used when it is installed; the standard library otherwise. Both paths accept the same
+values: None, bool, 64-bit int, finite float, str (valid Unicode), list/tuple (tuples arrive as
+lists) and dict with str keys, nested at most ``MAX_DEPTH`` deep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from taskmill.errors import DecodeError, EncodeError
+
+__all__ = ["MAX_DEPTH", "dumps", "loads", "validate"]
+
+MAX_DEPTH = 64
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised when orjson is absent
+    _orjson = None
+
+
+def validate(value: Any, depth: int = 0) -> None:
+    """Raise EncodeError unless ``value`` survives a JSON round trip exactly."""
+    if depth > MAX_DEPTH:
+        raise EncodeError(f"arguments nested deeper than {MAX_DEPTH} levels")
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        if kind is str:
+            _check_text(value)
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise EncodeError("integer outside the signed 64-bit range cannot be sent")
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise EncodeError(f"{value!r} is not valid JSON")
+        return
+    if kind is list or kind is tuple:
+        for item in value:
+            validate(item, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise EncodeError(f"dict key {key!r} is not a str; JSON objects have str keys")
+            _check_text(key)
+            validate(item, depth + 1)
+        return
+    raise EncodeError(f"{kind.__name__} is not JSON-serializable; send plain data instead")
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodeError("string contains a lone surrogate, which is not valid Unicode") from exc
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` (already validated) as compact UTF-8 JSON."""
+    try:
+        if _orjson is not None:
+            return _orjson.dumps(value)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EncodeError(str(exc)) from exc
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode JSON, raising DecodeError on anything malformed."""
+    try:
+        if _orjson is not None:
+            return _orjson.loads(data)
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DecodeError(f"body is not valid JSON: {exc}") from exc

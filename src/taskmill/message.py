@@ -1,0 +1,111 @@
+"""Message: what travels from send() to the actor, and its versioned JSON envelope.
+
+The envelope is documented field by field in docs/protocol.md so that other languages can
+produce messages.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from taskmill import encoding
+from taskmill.errors import DecodeError
+
+__all__ = ["ENVELOPE_VERSION", "Message", "new_message_id", "now_ms"]
+
+ENVELOPE_VERSION = 1
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def new_message_id() -> str:
+    """A fresh random message id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    """Wall-clock time in integer milliseconds, the unit every wire time uses."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One call of an actor: its name, arguments and routing, immutable once made."""
+
+    actor: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    queue: str = "default"
+    priority: int = 0
+    delay_ms: int = 0
+    id: str = field(default_factory=new_message_id)
+    created_ms: int = field(default_factory=now_ms)
+    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    def to_envelope(self) -> dict[str, Any]:
+        """The envelope as a JSON-ready dict."""
+        envelope: dict[str, Any] = {
+            "v": ENVELOPE_VERSION,
+            "id": self.id,
+            "actor": self.actor,
+            "queue": self.queue,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "priority": self.priority,
+            "created_ms": self.created_ms,
+        }
+        if self.delay_ms:
+            envelope["delay_ms"] = self.delay_ms
+        if self.options:
+            envelope["options"] = dict(self.options)
+        return envelope
+
+    def encode(self) -> bytes:
+        """Validate and encode the envelope as UTF-8 JSON."""
+        envelope = self.to_envelope()
+        encoding.validate(envelope)
+        return encoding.dumps(envelope)
+
+    @classmethod
+    def decode(cls, body: bytes) -> Message:
+        """Parse an envelope, raising DecodeError for anything that is not a valid v1 envelope."""
+        data = encoding.loads(body)
+        if not isinstance(data, dict):
+            raise DecodeError("envelope is not a JSON object")
+        version = data.get("v")
+        if version != ENVELOPE_VERSION:
+            raise DecodeError(f"unsupported envelope version {version!r} (expected {ENVELOPE_VERSION})")
+        try:
+            message = cls(
+                id=_field(data, "id", str),
+                actor=_field(data, "actor", str),
+                queue=_field(data, "queue", str),
+                args=tuple(_field(data, "args", list, [])),
+                kwargs=_field(data, "kwargs", dict, {}),
+                priority=_field(data, "priority", int, 0),
+                delay_ms=_field(data, "delay_ms", int, 0),
+                created_ms=_field(data, "created_ms", int, 0),
+                options=_field(data, "options", dict, {}),
+            )
+        except KeyError as exc:
+            raise DecodeError(f"envelope is missing the required field {exc.args[0]!r}") from None
+        if not message.id or not message.actor:
+            raise DecodeError("envelope has an empty id or actor")
+        return message
+
+
+_MISSING: Any = object()
+
+
+def _field(data: dict[str, Any], name: str, kind: type, default: Any = _MISSING) -> Any:
+    value = data.get(name, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise KeyError(name)
+        return default
+    if type(value) is not kind:
+        raise DecodeError(f"envelope field {name!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value

@@ -1,0 +1,103 @@
+"""Typed actor and send options, validated where they are given, before any I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping
+
+from taskmill.errors import InvalidOptionError, UnknownOptionError
+
+__all__ = ["MAX_PRIORITY", "ActorOptions", "delay_ms"]
+
+MAX_PRIORITY = 9  # priorities are 0..9 on every backend; higher runs first
+
+
+@dataclass(frozen=True, slots=True)
+class ActorOptions:
+    """How an actor's messages are routed, retried and limited."""
+
+    queue: str = "default"
+    priority: int = 0
+    max_retries: int = 3
+    min_backoff: float = 1.0  # seconds before the first retry; doubles each attempt
+    max_backoff: float = 300.0
+    retry_when: Callable[[BaseException, int], bool] | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    time_limit: float | None = None  # seconds; None means no limit
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def build(cls, given: Mapping[str, Any], declared: Iterable[str] = ()) -> ActorOptions:
+        """Options from keyword arguments; unknown names raise UnknownOptionError naming the known."""
+        core = {f.name for f in fields(cls)} - {"extra"}
+        declared = set(declared)
+        unknown = set(given) - core - declared
+        if unknown:
+            known = ", ".join(sorted(core | declared))
+            raise UnknownOptionError(f"unknown actor option(s) {', '.join(sorted(unknown))}; known options: {known}")
+        extra = {k: v for k, v in given.items() if k in declared and k not in core}
+        options = cls(**{k: v for k, v in given.items() if k in core}, extra=MappingProxyType(extra))
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Raise InvalidOptionError for values out of range."""
+        check_queue(self.queue)
+        check_priority(self.priority)
+        if type(self.max_retries) is not int or self.max_retries < 0:
+            raise InvalidOptionError(f"max_retries must be an int >= 0, not {self.max_retries!r}")
+        for name in ("min_backoff", "max_backoff"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InvalidOptionError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        if self.min_backoff > self.max_backoff:
+            raise InvalidOptionError("min_backoff must not exceed max_backoff")
+        if self.retry_when is not None and not callable(self.retry_when):
+            raise InvalidOptionError("retry_when must be a callable (exception, attempt) -> bool")
+        if not isinstance(self.throws, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in self.throws
+        ):
+            raise InvalidOptionError("throws must be a tuple of exception classes")
+        if self.time_limit is not None and (
+            not isinstance(self.time_limit, (int, float)) or not 0 < self.time_limit < math.inf
+        ):
+            raise InvalidOptionError(f"time_limit must be a positive number of seconds, not {self.time_limit!r}")
+
+    def merged(self, **changes: Any) -> ActorOptions:
+        """A copy with ``changes`` applied and checked."""
+        options = replace(self, **changes)
+        options.check()
+        return options
+
+
+def check_queue(queue: object) -> None:
+    """Queue names are non-empty strings of at most 200 characters."""
+    if not isinstance(queue, str) or not queue or len(queue) > 200:
+        raise InvalidOptionError(f"queue must be a non-empty str of at most 200 characters, not {queue!r}")
+
+
+def check_priority(priority: object) -> None:
+    """Priorities are ints from 0 to MAX_PRIORITY."""
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidOptionError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
+
+
+def delay_ms(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> int:
+    """Milliseconds to wait from a delay (seconds or timedelta) or an ETA (aware or local datetime)."""
+    if delay is not None and eta is not None:
+        raise InvalidOptionError("give delay or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, dt.datetime):
+            raise InvalidOptionError(f"eta must be a datetime, not {type(eta).__name__}")
+        delay = eta.astimezone(dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)
+    if delay is None:
+        return 0
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds):
+        raise InvalidOptionError(f"delay must be seconds or a timedelta, not {delay!r}")
+    if seconds > 10 * 365 * 86400:
+        raise InvalidOptionError("delay is more than ten years; that is surely a mistake")
+    return max(int(seconds * 1000), 0)

@@ -1,0 +1,263 @@
+"""Worker: fetch under leases, run on threads, heartbeat, settle (ack, retry, dead-letter), stop cleanly.
+
+Prefetch is bounded by free slots: the worker never holds a message it cannot start at once, so a
+high-priority message is the next one a freed slot starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from taskmill.brokers.base import Delivery, Failure
+from taskmill.errors import BrokerError, LeaseLost, TimeLimitExceeded
+from taskmill.middleware.retries import retry_delay
+from taskmill.worker.executor import EventLoopThread, Outcome, decode, failure_from, interrupt_thread, run
+
+if TYPE_CHECKING:
+    from taskmill.app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("taskmill.worker")
+_IDLE_WAIT = 0.5  # seconds an idle fetch loop blocks in broker.wait before checking for stop
+_MAX_BACKOFF = 10.0  # seconds between attempts while the broker is unreachable
+
+
+class Worker:
+    """Consumes ``queues`` of ``app`` on ``threads`` threads in this process."""
+
+    def __init__(
+        self, app: App, *, queues: Sequence[str] | None = None, threads: int = 8, burst: bool = False
+    ) -> None:
+        self.app = app
+        self.queues = list(queues or sorted({a.options.queue for a in app.actors.values()} or {"default"}))
+        self.threads = threads
+        self.burst = burst
+        self.lease_ms = int(app.settings.lease_seconds * 1000)
+        self._work: queue_module.SimpleQueue[Delivery | None] = queue_module.SimpleQueue()
+        self._in_flight: dict[str, Delivery] = {}
+        self._deadlines: dict[int, tuple[float, str]] = {}  # thread id -> (monotonic deadline, message id)
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._loop: EventLoopThread | None = None
+        self._pool: list[threading.Thread] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Messages fetched and not yet settled."""
+        return len(self._in_flight)
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start fetching and processing in background threads; returns at once."""
+        if any(a.is_async for a in self.app.actors.values()):
+            self._loop = EventLoopThread()
+        for mw in self.app.middleware:
+            mw.worker_started(self.app)
+        self._pool = [
+            threading.Thread(target=self._work_loop, name=f"taskmill-worker-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        self._pool.append(threading.Thread(target=self._fetch_loop, name="taskmill-fetch", daemon=True))
+        self._pool.append(threading.Thread(target=self._monitor_loop, name="taskmill-monitor", daemon=True))
+        for thread in self._pool:
+            thread.start()
+
+    def run(self) -> None:
+        """Start and block until stopped (or, in burst mode, until nothing is due)."""
+        self.start()
+        while not self._stopped.wait(0.2):
+            pass
+
+    def stop(self, grace: float | None = None) -> bool:
+        """Stop fetching, let in-flight work finish within ``grace`` s, then give back what is left.
+
+        Returns True when everything in flight finished in time.
+        """
+        grace = self.app.settings.grace_seconds if grace is None else grace
+        self._stopping.set()
+        self._release_unstarted()
+        deadline = time.monotonic() + grace
+        with self._changed:
+            while self._in_flight and (remaining := deadline - time.monotonic()) > 0:
+                self._changed.wait(min(remaining, 0.1))
+            clean = not self._in_flight
+        if not clean:
+            self.abandon()
+        self._finish()
+        return clean
+
+    def abandon(self) -> None:
+        """Hard stop: give every in-flight message back to the broker now (its delivery counts)."""
+        self._stopping.set()
+        self._release_unstarted()
+        with self._changed:
+            left = list(self._in_flight.values())
+        for delivery in left:
+            try:
+                self.app.broker.retry(delivery, 0)
+            except BrokerError:
+                pass  # lease already lost: someone else has it
+        self._finish()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until the worker stopped; True if it did within ``timeout``."""
+        return self._stopped.wait(timeout)
+
+    def _finish(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopping.set()
+        for _ in range(self.threads):
+            self._work.put(None)
+        for mw in self.app.middleware:
+            mw.worker_stopped(self.app)
+        if self._loop is not None:
+            self._loop.close()
+        self._stopped.set()
+
+    def _release_unstarted(self) -> None:
+        unstarted = []
+        while True:
+            try:
+                delivery = self._work.get_nowait()
+            except queue_module.Empty:
+                break
+            if delivery is not None:
+                unstarted.append(delivery)
+        if unstarted:
+            try:
+                self.app.broker.release(unstarted)
+            except BrokerError:
+                log.warning("could not release %d prefetched messages; they return when leases expire", len(unstarted))
+            with self._changed:
+                for delivery in unstarted:
+                    self._in_flight.pop(delivery.id, None)
+                self._changed.notify_all()
+
+    # -- threads -------------------------------------------------------------------------------
+    def _fetch_loop(self) -> None:
+        broker, failures = self.app.broker, 0
+        while not self._stopping.is_set():
+            with self._changed:
+                while len(self._in_flight) >= self.threads and not self._stopping.is_set():
+                    self._changed.wait(0.5)
+                free = self.threads - len(self._in_flight)
+            if self._stopping.is_set():
+                break
+            try:
+                deliveries = broker.fetch(self.queues, free, self.lease_ms)
+                if not deliveries:
+                    if self.burst and not self._in_flight:
+                        break
+                    broker.wait(self.queues, _IDLE_WAIT)
+                    continue
+                failures = 0
+            except BrokerError as exc:
+                failures += 1
+                pause = min(0.1 * 2**failures, _MAX_BACKOFF)
+                if failures == 1 or pause == _MAX_BACKOFF and failures % 10 == 0:
+                    log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
+                self._stopping.wait(pause)
+                continue
+            with self._changed:
+                for delivery in deliveries:
+                    self._in_flight[delivery.id] = delivery
+            for delivery in deliveries:
+                self._work.put(delivery)
+        if self.burst and not self._stopping.is_set():
+            self._finish()
+
+    def _work_loop(self) -> None:
+        while (delivery := self._work.get()) is not None:
+            try:
+                self._handle(delivery)
+            except TimeLimitExceeded:
+                pass  # a time-limit interrupt that arrived just after the actor returned
+            except Exception:  # never let one message kill a worker thread
+                log.exception("internal error while handling message %s", delivery.id)
+            finally:
+                with self._changed:
+                    self._in_flight.pop(delivery.id, None)
+                    self._changed.notify_all()
+
+    def _monitor_loop(self) -> None:
+        """Heartbeat leases every third of the lease, and enforce sync actors' time limits."""
+        beat_every = self.lease_ms / 3000
+        next_beat = time.monotonic() + beat_every
+        while not self._stopped.wait(0.05):
+            now = time.monotonic()
+            for thread_id, (deadline, _) in list(self._deadlines.items()):
+                if now >= deadline and self._deadlines.pop(thread_id, None) is not None:
+                    interrupt_thread(thread_id)
+            if now < next_beat:
+                continue
+            next_beat = now + beat_every
+            with self._changed:
+                held = list(self._in_flight.values())
+            if not held:
+                continue
+            try:
+                for delivery in self.app.broker.extend(held, self.lease_ms):
+                    log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
+            except BrokerError as exc:
+                log.warning("heartbeat failed (%s); leases may expire", exc)
+
+    # -- one message ---------------------------------------------------------------------------
+    def _handle(self, delivery: Delivery) -> None:
+        outcome = decode(self.app, delivery.body)
+        actor, limit = outcome.actor, None
+        if actor is not None and not actor.is_async and actor.options.time_limit is not None:
+            limit = actor.options.time_limit
+            self._deadlines[threading.get_ident()] = (time.monotonic() + limit, delivery.id)
+        try:
+            outcome = run(self.app, outcome, self._loop)
+        finally:
+            if limit is not None:
+                self._deadlines.pop(threading.get_ident(), None)
+        try:
+            self._settle(delivery, outcome)
+        except LeaseLost:
+            log.warning("message %s: lease lost before it was settled; another worker has it", delivery.id)
+
+    def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        broker, message, actor = self.app.broker, outcome.message, outcome.actor
+        logger = actor.logger if actor is not None else log
+        where = _describe(delivery, outcome, self.app.settings.log_args, self.app.settings.log_args_max)
+        if outcome.rejected is not None:
+            self._dead_letter(delivery, outcome.rejected, outcome)
+            logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
+            return
+        if outcome.error is None:
+            broker.ack_one(delivery)
+            logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
+            return
+        assert actor is not None and message is not None
+        delay = retry_delay(actor.options, delivery.deliveries, outcome.error)
+        error = outcome.error
+        if delay is None:
+            self._dead_letter(delivery, failure_from("failed", error), outcome)
+            logger.error("%s failed for good with %s: %s", where, type(error).__qualname__, error, exc_info=error)
+            return
+        broker.retry(delivery, int(delay * 1000))
+        logger.warning("%s failed with %s: %s; retry in %.1f s", where, type(error).__qualname__, error, delay)
+
+    def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
+        self.app.broker.dead_letter(delivery, failure)
+        for mw in reversed(self.app.middleware):
+            mw.after_dead_letter(self.app, outcome.message, failure.reason)
+
+
+def _describe(delivery: Delivery, outcome: Outcome, log_args: bool, max_chars: int) -> str:
+    message = outcome.message
+    actor_name = message.actor if message is not None else "?"
+    text = f"message {delivery.id} actor={actor_name} queue={delivery.queue} attempt={delivery.deliveries}"
+    if log_args and message is not None:
+        shown: Any = repr((message.args, dict(message.kwargs)))
+        text += f" args={shown[:max_chars]}{'...' if len(shown) > max_chars else ''}"
+    return text

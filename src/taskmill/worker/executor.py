@@ -1,0 +1,132 @@
+"""Run one message: decode it, find its actor, bind its arguments and call it (thread or event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+import time
+import traceback
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Coroutine
+
+from taskmill.brokers.base import Failure
+from taskmill.errors import ActorNotFound, DecodeError, TimeLimitExceeded
+from taskmill.message import Message
+
+if TYPE_CHECKING:
+    from taskmill.actor import Actor
+    from taskmill.app import App
+
+__all__ = ["EventLoopThread", "Outcome", "decode", "execute", "failure_from", "interrupt_thread", "run", "run_eagerly"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What running a message produced: a result, an actor error, or a reason it never ran."""
+
+    message: Message | None
+    actor: Actor[Any, Any] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    rejected: Failure | None = None  # set when the message cannot run at all; it is dead-lettered at once
+    seconds: float = 0.0
+
+
+class EventLoopThread:
+    """One asyncio loop on its own thread, shared by every async actor of a worker process."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="taskmill-event-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
+        """Run ``coro`` on the loop and wait for it; cancel it and raise TimeLimitExceeded on timeout."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout=time_limit)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeLimitExceeded(f"ran longer than its time_limit of {time_limit} s") from None
+
+    def close(self) -> None:
+        """Stop the loop and its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def failure_from(reason: str, error: BaseException) -> Failure:
+    """A dead-letter Failure describing ``error`` (type name, message and traceback text)."""
+    text = "".join(traceback.format_exception(error))
+    return Failure(reason, type(error).__qualname__, str(error), text, exception=error)
+
+
+def decode(app: App, body: bytes) -> Outcome:
+    """Decode the body and look up its actor, or say why it cannot run."""
+    try:
+        message = Message.decode(body)
+    except DecodeError as exc:
+        return Outcome(None, rejected=failure_from("decode_error", exc))
+    try:
+        actor = app.get_actor(message.actor)
+    except ActorNotFound as exc:
+        return Outcome(message, rejected=failure_from("unknown_actor", exc))
+    try:
+        actor.signature.bind(*message.args, **message.kwargs)
+    except TypeError as exc:
+        return Outcome(message, actor, rejected=failure_from("bad_arguments", exc))
+    return Outcome(message, actor)
+
+
+def execute(app: App, body: bytes, loop: EventLoopThread | None) -> Outcome:
+    """Decode and run the message in ``body`` here; never raises for actor errors."""
+    return run(app, decode(app, body), loop)
+
+
+def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
+    """Run a decoded message (see ``decode``), filling in its result or error."""
+    if outcome.rejected is not None:
+        return outcome
+    message, actor = outcome.message, outcome.actor
+    assert message is not None and actor is not None
+    started = time.perf_counter()
+    try:
+        for mw in app.middleware:
+            mw.before_process(app, message)
+        if actor.is_async:
+            if loop is None:
+                outcome.result = asyncio.run(_limited(actor.fn(*message.args, **message.kwargs), actor.options.time_limit))
+            else:
+                outcome.result = loop.run(actor.fn(*message.args, **message.kwargs), actor.options.time_limit)
+        else:
+            outcome.result = actor.fn(*message.args, **message.kwargs)
+    except Exception as exc:  # an actor's error is data here: the worker retries or dead-letters it
+        outcome.error = exc
+    outcome.seconds = time.perf_counter() - started
+    for mw in reversed(app.middleware):
+        mw.after_process(app, message, result=outcome.result, exception=outcome.error)
+    return outcome
+
+
+async def _limited(coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
+    try:
+        return await asyncio.wait_for(coro, time_limit)
+    except asyncio.TimeoutError:
+        raise TimeLimitExceeded(f"ran longer than its time_limit of {time_limit} s") from None
+
+
+def run_eagerly(app: App, body: bytes) -> Any:
+    """Run a message in the caller (eager mode), raising what the actor raised."""
+    outcome = execute(app, body, loop=None)
+    if outcome.rejected is not None:
+        raise outcome.rejected.exception or RuntimeError(outcome.rejected.reason)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result
+
+
+def interrupt_thread(thread_id: int) -> None:
+    """Raise TimeLimitExceeded in another thread at its next Python bytecode."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded))
