@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, ParamSpec, TypeVar, overload
 
@@ -58,6 +59,8 @@ __all__ = [
     "actor",
     "default_app",
 ]
+
+logging.getLogger("taskmill").addHandler(logging.NullHandler())
 
 P = ParamSpec("P")
 R = TypeVar("R")

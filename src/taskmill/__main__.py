@@ -1,0 +1,5 @@
+"""``python -m taskmill`` is the ``taskmill`` command."""
+
+from taskmill.cli import main
+
+main()

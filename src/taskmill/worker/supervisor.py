@@ -1,0 +1,203 @@
+"""Supervisor: runs worker processes, restarts crashed ones, forwards signals, reloads on --watch.
+
+Signals: the first SIGTERM/SIGINT asks every child to stop gracefully (stop fetching, finish
+in-flight work within the grace period, give back what was not started); a second one asks them
+to stop hard (give back in-flight messages at once, then exit). Nothing is lost either way: what
+a child did not ack stays in the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+
+from taskmill.app import App
+from taskmill.errors import ConfigurationError
+
+__all__ = ["WorkerConfig", "load_app", "run_child", "supervise"]
+
+log = logging.getLogger("taskmill.supervisor")
+_spawn = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What every worker process needs to know; pickled to spawned children."""
+
+    app_spec: str
+    processes: int = 1
+    threads: int = 8
+    queues: tuple[str, ...] = ()
+    burst: bool = False
+    grace: float | None = None
+    log_level: str = "INFO"
+    log_args: bool = False
+    watch: tuple[str, ...] = field(default=())
+    cwd: str = field(default_factory=os.getcwd)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module[:attribute]`` and return its App (the only App in it, or taskmill's default)."""
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    if attribute:
+        found = getattr(module, attribute, None)
+        if not isinstance(found, App):
+            raise ConfigurationError(f"{spec!r} is not a taskmill.App")
+        return found
+    apps = {id(v): v for v in vars(module).values() if isinstance(v, App)}
+    if len(apps) > 1:
+        raise ConfigurationError(f"{module_name!r} has several Apps; name one as {module_name}:NAME")
+    if apps:
+        return next(iter(apps.values()))
+    from taskmill import default_app
+
+    return default_app()
+
+
+def configure_logging(level: str) -> None:
+    """The CLI's logging: one line per record on stderr; library code only ever adds a NullHandler."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_child(config: WorkerConfig) -> None:
+    """Entry point of one worker process."""
+    os.setpgrp()  # Ctrl-C reaches the supervisor only; it forwards the signal once
+    os.chdir(config.cwd)
+    configure_logging(config.log_level)
+    from taskmill.worker.consumer import Worker
+
+    app = load_app(config.app_spec)
+    if config.log_args:
+        app.settings = dataclasses.replace(app.settings, log_args=True)
+    worker = Worker(app, queues=config.queues or None, threads=config.threads, burst=config.burst)
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = os.getppid()
+    worker.start()
+    stopper: threading.Thread | None = None
+    while not worker.wait_stopped(0.1):
+        if signals == 0 and os.getppid() != parent:
+            signals = 1  # the supervisor died; stop gracefully rather than run unsupervised
+        if signals == 1 and stopper is None:
+            log.info("stopping: finishing in-flight work (grace %.0f s)", config.grace or app.settings.grace_seconds)
+            stopper = threading.Thread(target=worker.stop, args=(config.grace,), daemon=True)
+            stopper.start()
+        elif signals >= 2:
+            log.warning("second signal: stopping now; in-flight messages go back to the broker")
+            worker.abandon()
+    app.close()
+
+
+class Supervisor:
+    """Keeps ``config.processes`` children alive until asked to stop."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.children: list[BaseProcess | None] = [None] * config.processes
+        self.signals = 0
+        self.reload = threading.Event()
+        self._restarts: list[float] = []
+
+    def _spawn(self, slot: int) -> None:
+        process = _spawn.Process(target=run_child, args=(self.config,), name=f"taskmill-worker-{slot}")
+        process.start()
+        self.children[slot] = process
+
+    def _signal_children(self, signum: int) -> None:
+        for child in self.children:
+            if child is not None and child.is_alive() and child.pid is not None:
+                try:
+                    os.kill(child.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """First signal: graceful stop; second: hard stop."""
+        self.signals += 1
+        self._signal_children(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Spawn, watch and restart children until stopped; returns the exit code."""
+        for slot in range(self.config.processes):
+            self._spawn(slot)
+        done = [False] * self.config.processes
+        while True:
+            if self.reload.is_set() and not self.signals:
+                self.reload.clear()
+                log.info("code changed: restarting workers")
+                self._signal_children(signal.SIGTERM)
+                for child in self.children:
+                    if child is not None:
+                        child.join()
+                for slot in range(self.config.processes):
+                    self._spawn(slot)
+            for slot, child in enumerate(self.children):
+                if child is None or child.is_alive() or done[slot]:
+                    continue
+                child.join()
+                if self.signals or (self.config.burst and child.exitcode == 0):
+                    done[slot] = True
+                    continue
+                log.warning("worker process %s exited with code %s; restarting it", child.pid, child.exitcode)
+                self._throttle()
+                self._spawn(slot)
+            if all(done):
+                return 0
+            time.sleep(0.1)
+
+    def _throttle(self) -> None:
+        """Back off when children crash in a loop, so a broken deploy does not spin the CPU."""
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 10] + [now]
+        if len(self._restarts) > 5:
+            time.sleep(min(len(self._restarts) - 5, 10))
+
+
+def supervise(config: WorkerConfig) -> int:
+    """Run the supervisor in this (main) thread until its children stopped."""
+    supervisor = Supervisor(config)
+    signal.signal(signal.SIGTERM, supervisor.on_signal)
+    signal.signal(signal.SIGINT, supervisor.on_signal)
+    stop_watch = threading.Event()
+    if config.watch:
+        threading.Thread(target=_watch, args=(config.watch, supervisor.reload, stop_watch), daemon=True).start()
+    try:
+        return supervisor.run()
+    finally:
+        stop_watch.set()
+
+
+def _watch(paths: tuple[str, ...], reload: threading.Event, stop: threading.Event) -> None:
+    import watchfiles
+
+    for _changes in watchfiles.watch(
+        *[Path(p) for p in paths], watch_filter=watchfiles.PythonFilter(), stop_event=stop
+    ):
+        reload.set()
