@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, ParamSpec, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from taskmill.errors import ArgumentsError
 from taskmill.message import Message

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from taskmill.brokers import Broker, Record, open_broker
 from taskmill.errors import ActorNotFound, ConfigurationError, PayloadTooLarge
@@ -46,7 +47,7 @@ class Settings:
                 continue
             raw = environ.get(f"TASKMILL_{spec.name.upper()}")
             if raw is not None and raw != "":
-                values[spec.name] = _parse(spec.name, raw, type(getattr(cls, spec.name)))
+                values[spec.name] = _parse(spec.name, raw, type(spec.default))
         settings = cls(**values)
         if settings.lease_seconds <= 0 or settings.max_payload_bytes <= 0 or settings.max_deliveries < 1:
             raise ConfigurationError("lease_seconds, max_payload_bytes and max_deliveries must be positive")
@@ -54,14 +55,15 @@ class Settings:
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
+    problem = ConfigurationError(f"TASKMILL_{name.upper()}={raw!r} is not a valid {kind.__name__}")
+    if kind is bool:
+        if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise problem
+        return raw.lower() in {"1", "true", "yes", "on"}
     try:
-        if kind is bool:
-            if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                raise ValueError(raw)
-            return raw.lower() in {"1", "true", "yes", "on"}
         return kind(raw)
     except ValueError:
-        raise ConfigurationError(f"TASKMILL_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        raise problem from None
 
 
 class App:
@@ -139,7 +141,9 @@ class App:
         try:
             return self.actors[name]
         except KeyError:
-            raise ActorNotFound(f"no actor named {name!r} (known: {', '.join(sorted(self.actors)) or 'none'})") from None
+            raise ActorNotFound(
+                f"no actor named {name!r} (known: {', '.join(sorted(self.actors)) or 'none'})"
+            ) from None
 
     # -- producing -----------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> list[Message]:
@@ -147,7 +151,8 @@ class App:
         prepared: list[Message] = []
         records: list[Record] = []
         limit = self.settings.max_payload_bytes
-        for message in messages:
+        for original in messages:
+            message = original
             for mw in self.middleware:
                 message = mw.before_enqueue(self, message)
             body = message.encode()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -39,7 +40,9 @@ def cli(ctx: click.Context, log_level: str) -> None:
 
 
 def _app_options(fn: F) -> F:
-    fn = click.option("--broker", "broker_url", help="Broker URL (default: TASKMILL_BROKER_URL or the SQLite file).")(fn)
+    fn = click.option("--broker", "broker_url", help="Broker URL (default: TASKMILL_BROKER_URL or the SQLite file).")(
+        fn
+    )
     return click.option("--app", "app_spec", help="MODULE[:APP] whose broker to use.")(fn)
 
 
@@ -84,9 +87,7 @@ def worker(
         err=True,
     )
     app.close()
-    config = WorkerConfig(
-        app_spec, processes, threads, queue_list, burst, grace, ctx.obj["log_level"], log_args, watch
-    )
+    config = WorkerConfig(app_spec, processes, threads, queue_list, burst, grace, ctx.obj["log_level"], log_args, watch)
     sys.exit(supervise(config))
 
 
@@ -105,7 +106,11 @@ def _parse_value(text: str) -> Any:
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher runs first.")
 @click.option("--queue", help="Send to this queue instead of the actor's.")
 def send(
-    actor_spec: str, args: tuple[str, ...], kwargs: tuple[str, ...], delay: float | None, priority: int | None,
+    actor_spec: str,
+    args: tuple[str, ...],
+    kwargs: tuple[str, ...],
+    delay: float | None,
+    priority: int | None,
     queue: str | None,
 ) -> None:
     """Send a message to MODULE:ACTOR. Each ARG is JSON when it parses as JSON, else a string."""
@@ -159,7 +164,9 @@ def dead_list(
     app = _open_app(app_spec, broker_url)
     for letter in app.broker.dead_letters(queue, limit=limit, offset=offset):
         error = f"{letter.error_type}: {letter.error_message}" if letter.error_type else letter.error_message
-        click.echo(f"{letter.id}  queue={letter.queue}  reason={letter.reason}  deliveries={letter.deliveries}  {error}")
+        click.echo(
+            f"{letter.id}  queue={letter.queue}  reason={letter.reason}  deliveries={letter.deliveries}  {error}"
+        )
         if show_traceback and letter.traceback:
             click.echo(letter.traceback.rstrip())
 
@@ -177,7 +184,9 @@ def _selection(ids: tuple[str, ...], queue: str | None, all_: bool) -> tuple[lis
 @click.option("--id", "ids", multiple=True, help="A dead message id (repeatable).")
 @click.option("--queue", help="Every dead message of this queue.")
 @click.option("--all", "all_", is_flag=True, help="Every dead message.")
-def dead_retry(app_spec: str | None, broker_url: str | None, ids: tuple[str, ...], queue: str | None, all_: bool) -> None:
+def dead_retry(
+    app_spec: str | None, broker_url: str | None, ids: tuple[str, ...], queue: str | None, all_: bool
+) -> None:
     """Send dead messages back to their queue with a fresh delivery count."""
     selected_ids, selected_queue = _selection(ids, queue, all_)
     count = _open_app(app_spec, broker_url).broker.retry_dead(selected_ids, selected_queue)
@@ -189,7 +198,9 @@ def dead_retry(app_spec: str | None, broker_url: str | None, ids: tuple[str, ...
 @click.option("--id", "ids", multiple=True, help="A dead message id (repeatable).")
 @click.option("--queue", help="Every dead message of this queue.")
 @click.option("--all", "all_", is_flag=True, help="Every dead message.")
-def dead_purge(app_spec: str | None, broker_url: str | None, ids: tuple[str, ...], queue: str | None, all_: bool) -> None:
+def dead_purge(
+    app_spec: str | None, broker_url: str | None, ids: tuple[str, ...], queue: str | None, all_: bool
+) -> None:
     """Delete dead messages for good."""
     selected_ids, selected_queue = _selection(ids, queue, all_)
     count = _open_app(app_spec, broker_url).broker.purge_dead(selected_ids, selected_queue)

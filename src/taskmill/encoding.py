@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import ModuleType
 from typing import Any
 
 from taskmill.errors import DecodeError, EncodeError
@@ -19,6 +20,7 @@ MAX_DEPTH = 64
 _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
 
+_orjson: ModuleType | None
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when orjson is absent
@@ -68,7 +70,8 @@ def dumps(value: Any) -> bytes:
     """Encode ``value`` (already validated) as compact UTF-8 JSON."""
     try:
         if _orjson is not None:
-            return _orjson.dumps(value)
+            encoded: bytes = _orjson.dumps(value)
+            return encoded
         return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(str(exc)) from exc

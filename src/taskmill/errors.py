@@ -102,7 +102,7 @@ class TimeLimitExceeded(TaskmillError):
     """An actor ran longer than its time_limit."""
 
 
-class Retry(Exception):  # noqa: N818 -- a request, not an error: `raise Retry(delay=5)` reads right
+class Retry(Exception):  # a request, not an error: `raise Retry(delay=5)` reads right
     """Raised by an actor to ask for another attempt, optionally after ``delay`` seconds."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:

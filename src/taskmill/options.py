@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from taskmill.errors import InvalidOptionError, UnknownOptionError
 
@@ -92,7 +93,7 @@ def delay_ms(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> int
     if eta is not None:
         if not isinstance(eta, dt.datetime):
             raise InvalidOptionError(f"eta must be a datetime, not {type(eta).__name__}")
-        delay = eta.astimezone(dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)
+        delay = eta.astimezone(dt.UTC) - dt.datetime.now(dt.UTC)
     if delay is None:
         return 0
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay

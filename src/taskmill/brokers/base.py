@@ -18,8 +18,8 @@ actors or the envelope. Every backend honours the same semantics (tests/contract
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from taskmill.errors import LeaseLost
 
@@ -146,9 +146,7 @@ class Broker(abc.ABC):
         """Delete the ready and delayed records of ``queue``; in-flight ones finish. Returns count."""
 
     @abc.abstractmethod
-    def dead_letters(
-        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead letters, newest first, a page at a time."""
 
     @abc.abstractmethod

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
@@ -153,9 +153,7 @@ class MemoryBroker(Broker):
             self._changed.notify_all()
         return len(doomed)
 
-    def dead_letters(
-        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         with self._changed:
             dead = [d for d, _ in self._dead.values() if queue is None or d.queue == queue]
         return list(reversed(dead))[offset : offset + limit]
@@ -228,4 +226,3 @@ class MemoryBroker(Broker):
         record = entry.record
         assert entry.token is not None
         return Delivery(record.id, record.queue, record.body, record.priority, entry.deliveries, entry.token)
-

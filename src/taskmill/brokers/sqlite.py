@@ -12,9 +12,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
@@ -50,9 +51,7 @@ class SQLiteBroker(Broker):
         self._local = threading.Condition()  # wakes waiters on commits made through this instance
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
@@ -111,8 +110,8 @@ class SQLiteBroker(Broker):
                 f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
                 (*queues, now, limit),
             ).fetchall()
-            for seq, message_id, queue, priority, deliveries, token, body in rows:
-                if token is not None and deliveries >= self.max_deliveries:
+            for seq, message_id, queue, priority, deliveries, held_by, body in rows:
+                if held_by is not None and deliveries >= self.max_deliveries:
                     self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
                     continue
                 token = uuid.uuid4().hex
@@ -128,9 +127,7 @@ class SQLiteBroker(Broker):
         deadline = time.monotonic() + timeout
         marks = ",".join("?" * len(queues))
         version = self._read("PRAGMA data_version")[0][0]
-        soonest = self._read(
-            f"SELECT MIN(available_at) FROM taskmill_messages WHERE queue IN ({marks})", queues
-        )[0][0]
+        soonest = self._read(f"SELECT MIN(available_at) FROM taskmill_messages WHERE queue IN ({marks})", queues)[0][0]
         if soonest is not None:
             deadline = min(deadline, time.monotonic() + max(soonest - now_ms(), 0) / 1000)
         while (remaining := deadline - time.monotonic()) > 0:
@@ -221,13 +218,9 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._write() as db:
-            return db.execute(
-                "DELETE FROM taskmill_messages WHERE queue = ? AND token IS NULL", (queue,)
-            ).rowcount
+            return db.execute("DELETE FROM taskmill_messages WHERE queue = ? AND token IS NULL", (queue,)).rowcount
 
-    def dead_letters(
-        self, queue: str | None = None, *, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         where, params = _dead_filter(None, queue)
         rows = self._read(
             "SELECT id, queue, body, priority, reason, error_type, error_message, traceback, deliveries,"
@@ -259,7 +252,8 @@ class SQLiteBroker(Broker):
 
 
 def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[Any] = []
     if ids is not None:
         clauses.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
         params.extend(ids)

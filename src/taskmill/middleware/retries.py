@@ -12,7 +12,7 @@ __all__ = ["backoff", "retry_delay"]
 
 def backoff(attempt: int, min_backoff: float, max_backoff: float) -> float:
     """Seconds before retry number ``attempt`` (1-based): min*2^(attempt-1), capped, jittered ±50%."""
-    base = min(min_backoff * 2 ** min(attempt - 1, 62), max_backoff)
+    base: float = min(min_backoff * 2.0 ** min(attempt - 1, 62), max_backoff)
     return min(base * random.uniform(0.5, 1.5), max_backoff)  # noqa: S311 -- jitter, not crypto
 
 

@@ -6,11 +6,13 @@ high-priority message is the next one a freed slot starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue as queue_module
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from taskmill.brokers.base import Delivery, Failure
 from taskmill.errors import BrokerError, LeaseLost, TimeLimitExceeded
@@ -30,9 +32,7 @@ _MAX_BACKOFF = 10.0  # seconds between attempts while the broker is unreachable
 class Worker:
     """Consumes ``queues`` of ``app`` on ``threads`` threads in this process."""
 
-    def __init__(
-        self, app: App, *, queues: Sequence[str] | None = None, threads: int = 8, burst: bool = False
-    ) -> None:
+    def __init__(self, app: App, *, queues: Sequence[str] | None = None, threads: int = 8, burst: bool = False) -> None:
         self.app = app
         self.queues = list(queues or sorted({a.options.queue for a in app.actors.values()} or {"default"}))
         self.threads = threads
@@ -99,10 +99,8 @@ class Worker:
         with self._changed:
             left = list(self._in_flight.values())
         for delivery in left:
-            try:
+            with contextlib.suppress(BrokerError):  # a lost lease means someone else has it already
                 self.app.broker.retry(delivery, 0)
-            except BrokerError:
-                pass  # lease already lost: someone else has it
         self._finish()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
@@ -161,7 +159,7 @@ class Worker:
             except BrokerError as exc:
                 failures += 1
                 pause = min(0.1 * 2**failures, _MAX_BACKOFF)
-                if failures == 1 or pause == _MAX_BACKOFF and failures % 10 == 0:
+                if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
                     log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
                 self._stopping.wait(pause)
                 continue
@@ -237,7 +235,8 @@ class Worker:
             broker.ack_one(delivery)
             logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
             return
-        assert actor is not None and message is not None
+        assert actor is not None
+        assert message is not None
         delay = retry_delay(actor.options, delivery.deliveries, outcome.error)
         error = outcome.error
         if delay is None:

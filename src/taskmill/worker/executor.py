@@ -7,9 +7,10 @@ import ctypes
 import threading
 import time
 import traceback
+from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from taskmill.brokers.base import Failure
 from taskmill.errors import ActorNotFound, DecodeError, TimeLimitExceeded
@@ -90,19 +91,20 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
     if outcome.rejected is not None:
         return outcome
     message, actor = outcome.message, outcome.actor
-    assert message is not None and actor is not None
+    assert message is not None
+    assert actor is not None
     started = time.perf_counter()
     try:
         for mw in app.middleware:
             mw.before_process(app, message)
-        if actor.is_async:
-            if loop is None:
-                outcome.result = asyncio.run(_limited(actor.fn(*message.args, **message.kwargs), actor.options.time_limit))
-            else:
-                outcome.result = loop.run(actor.fn(*message.args, **message.kwargs), actor.options.time_limit)
+        called = actor.fn(*message.args, **message.kwargs)
+        if actor.is_async and loop is not None:
+            outcome.result = loop.run(called, actor.options.time_limit)
+        elif actor.is_async:
+            outcome.result = asyncio.run(_limited(called, actor.options.time_limit))
         else:
-            outcome.result = actor.fn(*message.args, **message.kwargs)
-    except Exception as exc:  # an actor's error is data here: the worker retries or dead-letters it
+            outcome.result = called
+    except Exception as exc:  # noqa: BLE001 -- an actor's error is data here: the worker retries or dead-letters it
         outcome.error = exc
     outcome.seconds = time.perf_counter() - started
     for mw in reversed(app.middleware):
@@ -113,7 +115,7 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
 async def _limited(coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
     try:
         return await asyncio.wait_for(coro, time_limit)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeLimitExceeded(f"ran longer than its time_limit of {time_limit} s") from None
 
 

@@ -8,6 +8,7 @@ a child did not ack stays in the broker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -133,10 +134,8 @@ class Supervisor:
     def _signal_children(self, signum: int) -> None:
         for child in self.children:
             if child is not None and child.is_alive() and child.pid is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signum)
-                except ProcessLookupError:
-                    pass
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """First signal: graceful stop; second: hard stop."""
