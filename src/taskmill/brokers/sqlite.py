@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
-from taskmill.errors import BrokerUnavailable, ConfigurationError, LeaseLost
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
 from taskmill.message import now_ms
 
 __all__ = ["SQLiteBroker", "path_from_url"]
@@ -64,20 +64,18 @@ class SQLiteBroker(Broker):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise BrokerUnavailable(f"SQLite broker busy or unavailable: {exc}") from exc
+        with self._lock, _translated():
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
+        with self._lock, _translated():
             return self._db.execute(sql, params).fetchall()
 
     def _notify(self) -> None:
@@ -249,6 +247,17 @@ class SQLiteBroker(Broker):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's own errors become taskmill's typed ones."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise BrokerUnavailable(f"SQLite broker unavailable: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise BrokerError(f"SQLite broker error: {exc}") from exc
 
 
 def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:

@@ -118,6 +118,9 @@ class Worker:
         if self._loop is not None:
             self._loop.close()
         self._stopped.set()
+        for thread in self._pool[self.threads :]:  # fetch and monitor: they touch the broker
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
 
     def _release_unstarted(self) -> None:
         unstarted = []
@@ -156,7 +159,7 @@ class Worker:
                     broker.wait(self.queues, _IDLE_WAIT)
                     continue
                 failures = 0
-            except BrokerError as exc:
+            except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
                 failures += 1
                 pause = min(0.1 * 2**failures, _MAX_BACKOFF)
                 if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):

@@ -56,6 +56,8 @@ class EventLoopThread:
         """Stop the loop and its thread."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 def failure_from(reason: str, error: BaseException) -> Failure:

@@ -1,0 +1,276 @@
+"""The worker over every broker: runs, retries, dead-letters, honours priority and keeps its leases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from taskmill import App, Retry, Worker
+from taskmill.brokers import Broker, Record
+
+
+@pytest.fixture
+def app(broker: Broker) -> App:
+    return App(broker=broker, lease_seconds=5)
+
+
+@pytest.fixture
+def start_worker(app: App) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(**kwargs: Any) -> Worker:
+        worker = Worker(app, **kwargs)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(grace=5)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def dead_reasons(broker: Broker) -> list[str]:
+    return [d.reason for d in broker.dead_letters()]
+
+
+def test_messages_run_and_are_acked(app: App, start_worker: Callable[..., Worker]) -> None:
+    done: list[int] = []
+
+    @app.actor
+    def record(n: int) -> None:
+        done.append(n)
+
+    for n in range(50):
+        record.send(n)
+    start_worker(threads=4)
+    wait_for(lambda: len(done) == 50)
+    wait_for(lambda: app.broker.stats()[0].in_flight == 0)
+    assert sorted(done) == list(range(50))
+    assert app.broker.stats()[0].ready == 0
+
+
+def test_failing_actor_is_retried_then_dead_lettered_with_its_traceback(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    attempts: list[int] = []
+
+    @app.actor(max_retries=2, min_backoff=0.01, max_backoff=0.02)
+    def explode() -> None:
+        attempts.append(1)
+        raise ValueError("boom")
+
+    explode.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    [dead] = app.broker.dead_letters()
+    assert len(attempts) == 3
+    assert (dead.reason, dead.error_type, dead.error_message, dead.deliveries) == ("failed", "ValueError", "boom", 3)
+    assert "Traceback" in dead.traceback
+    assert 'raise ValueError("boom")' in dead.traceback
+
+
+def test_throws_dead_letters_at_once(app: App, start_worker: Callable[..., Worker]) -> None:
+    attempts: list[int] = []
+
+    @app.actor(max_retries=5, throws=(KeyError,))
+    def lookup() -> None:
+        attempts.append(1)
+        raise KeyError("missing")
+
+    lookup.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert attempts == [1]
+
+
+def test_retry_request_runs_again(app: App, start_worker: Callable[..., Worker]) -> None:
+    attempts: list[float] = []
+
+    @app.actor(max_retries=3)
+    def poll() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise Retry(delay=0.05)
+
+    poll.send()
+    start_worker(threads=1)
+    wait_for(lambda: len(attempts) == 3 and app.broker.stats()[0].in_flight == 0)
+    assert app.broker.dead_letters() == []
+
+
+def test_bad_input_is_dead_lettered_and_the_worker_keeps_running(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    done: list[str] = []
+
+    @app.actor
+    def ok(tag: str) -> None:
+        done.append(tag)
+
+    app.broker.publish(
+        [
+            Record("garbage", "default", b"\xff\x00 not json"),
+            Record("wrong-version", "default", b'{"v":9,"id":"wrong-version","actor":"ok","queue":"default"}'),
+            Record("no-actor", "default", b'{"v":1,"id":"no-actor","actor":"nobody","queue":"default"}'),
+            Record("bad-args", "default", b'{"v":1,"id":"bad-args","actor":"ok","queue":"default","args":[1,2]}'),
+        ]
+    )
+    start_worker(threads=2)
+    wait_for(lambda: len(app.broker.dead_letters()) == 4)
+    ok.send("after")
+    wait_for(lambda: done == ["after"])
+    reasons = {d.id: d.reason for d in app.broker.dead_letters()}
+    assert reasons == {
+        "garbage": "decode_error",
+        "wrong-version": "decode_error",
+        "no-actor": "unknown_actor",
+        "bad-args": "bad_arguments",
+    }
+    garbage = next(d for d in app.broker.dead_letters() if d.id == "garbage")
+    assert garbage.body == b"\xff\x00 not json"
+
+
+def test_priority_nine_behind_a_thousand_zeros_is_the_next_to_start(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    gate = threading.Event()
+    started: list[str] = []
+
+    @app.actor
+    def work(tag: str) -> None:
+        started.append(tag)
+        if tag == "first":
+            gate.wait(10)
+
+    work.send("first")
+    start_worker(threads=1)
+    wait_for(lambda: started == ["first"])
+    app.enqueue([work.message("low") for _ in range(1000)])
+    work.send_with_options(args=("urgent",), priority=9)
+    gate.set()
+    wait_for(lambda: len(started) >= 2)
+    assert started[1] == "urgent"
+
+
+def test_heartbeats_keep_a_long_task_leased(broker: Broker) -> None:
+    app = App(broker=broker, lease_seconds=0.3)
+    runs: list[int] = []
+
+    @app.actor
+    def slow() -> None:
+        runs.append(1)
+        time.sleep(1.2)
+
+    slow.send()
+    worker = Worker(app, threads=2)
+    worker.start()
+    try:
+        wait_for(lambda: broker.stats()[0].in_flight == 0 and runs == [1])
+        time.sleep(0.4)
+        assert runs == [1]
+        assert broker.dead_letters() == []
+    finally:
+        worker.stop(grace=5)
+
+
+def test_sync_time_limit_interrupts_and_dead_letters(app: App, start_worker: Callable[..., Worker]) -> None:
+    @app.actor(time_limit=0.2, max_retries=0)
+    def spin() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pass
+
+    spin.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert app.broker.dead_letters()[0].error_type == "TimeLimitExceeded"
+
+
+def test_async_actors_run_on_the_event_loop_with_time_limits(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    import asyncio
+
+    done: list[int] = []
+
+    @app.actor
+    async def fetch(n: int) -> None:
+        await asyncio.sleep(0.01)
+        done.append(n)
+
+    @app.actor(time_limit=0.1, max_retries=0)
+    async def hang() -> None:
+        await asyncio.sleep(30)
+
+    for n in range(20):
+        fetch.send(n)
+    hang.send()
+    start_worker(threads=4)
+    wait_for(lambda: len(done) == 20 and bool(app.broker.dead_letters()))
+    assert app.broker.dead_letters()[0].error_type == "TimeLimitExceeded"
+
+
+def test_delayed_message_waits_without_holding_a_worker(app: App, start_worker: Callable[..., Worker]) -> None:
+    ran: list[float] = []
+
+    @app.actor
+    def later() -> None:
+        ran.append(time.monotonic())
+
+    sent = time.monotonic()
+    later.send_with_options(delay=0.5)
+    worker = start_worker(threads=1)
+    time.sleep(0.2)
+    assert ran == []
+    assert worker.in_flight == 0
+    wait_for(lambda: bool(ran), timeout=5)
+    assert ran[0] - sent >= 0.5
+
+
+def test_graceful_stop_finishes_in_flight_work(app: App) -> None:
+    finished: list[int] = []
+    started = threading.Event()
+
+    @app.actor
+    def job(n: int) -> None:
+        started.set()
+        time.sleep(0.3)
+        finished.append(n)
+
+    for n in range(10):
+        job.send(n)
+    worker = Worker(app, threads=2)
+    worker.start()
+    started.wait(5)
+    assert worker.stop(grace=5) is True
+    stats = app.broker.stats()[0]
+    assert stats.in_flight == 0
+    assert len(finished) + stats.ready == 10
+
+
+def test_burst_worker_exits_when_nothing_is_due(app: App) -> None:
+    done: list[int] = []
+
+    @app.actor
+    def job(n: int) -> None:
+        done.append(n)
+
+    for n in range(5):
+        job.send(n)
+    job.send_with_options(args=(99,), delay=60)
+    worker = Worker(app, threads=2, burst=True)
+    worker.run()
+    assert sorted(done) == list(range(5))
+    assert app.broker.stats()[0].delayed == 1
