@@ -102,6 +102,7 @@ def run_child(config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, on_signal)
     parent = os.getppid()
     worker.start()
+    log.info("worker process started: %d threads on %s", config.threads, ", ".join(worker.queues))
     stopper: threading.Thread | None = None
     while not worker.wait_stopped(0.1):
         if signals == 0 and os.getppid() != parent:
