@@ -110,9 +110,7 @@ def test_retry_request_runs_again(app: App, start_worker: Callable[..., Worker])
     assert app.broker.dead_letters() == []
 
 
-def test_bad_input_is_dead_lettered_and_the_worker_keeps_running(
-    app: App, start_worker: Callable[..., Worker]
-) -> None:
+def test_bad_input_is_dead_lettered_and_the_worker_keeps_running(app: App, start_worker: Callable[..., Worker]) -> None:
     done: list[str] = []
 
     @app.actor
@@ -198,9 +196,7 @@ def test_sync_time_limit_interrupts_and_dead_letters(app: App, start_worker: Cal
     assert app.broker.dead_letters()[0].error_type == "TimeLimitExceeded"
 
 
-def test_async_actors_run_on_the_event_loop_with_time_limits(
-    app: App, start_worker: Callable[..., Worker]
-) -> None:
+def test_async_actors_run_on_the_event_loop_with_time_limits(app: App, start_worker: Callable[..., Worker]) -> None:
     import asyncio
 
     done: list[int] = []

@@ -78,7 +78,7 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts for one queue: fetchable now, waiting for their time, leased, dead."""
+    """Counts for one queue: fetchable now (expired leases included), waiting for their time, leased, dead."""
 
     queue: str
     ready: int = 0
@@ -111,6 +111,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         """Lease up to ``limit`` fetchable records from ``queues``, best priority first."""
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
+    ) -> tuple[list[Delivery], list[Delivery]]:
+        """Ack ``acks`` then fetch, in one round trip where the backend can; returns (lost, fetched)."""
+        lost = self.ack(acks) if acks else []
+        return lost, self.fetch(queues, limit, lease_ms)
 
     @abc.abstractmethod
     def wait(self, queues: Sequence[str], timeout: float) -> None:

@@ -139,7 +139,7 @@ class MemoryBroker(Broker):
             for entry in self._entries.values():
                 row = counts.get(entry.record.queue)
                 if row is not None:
-                    row[2 if entry.token else 0 if entry.available_at <= now else 1] += 1
+                    row[0 if entry.available_at <= now else 2 if entry.token else 1] += 1
             for dead, _ in self._dead.values():
                 if dead.queue in counts:
                     counts[dead.queue][3] += 1

@@ -97,28 +97,36 @@ class SQLiteBroker(Broker):
         self._notify()
 
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
-        if limit <= 0 or not queues:
-            return []
+        return self.ack_and_fetch((), queues, limit, lease_ms)[1]
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
+    ) -> tuple[list[Delivery], list[Delivery]]:
+        if not acks and (limit <= 0 or not queues):
+            return [], []
+        with self._write() as db:
+            lost = self._ack(db, acks)
+            return lost, self._fetch(db, queues, limit, lease_ms) if limit > 0 and queues else []
+
+    def _fetch(self, db: sqlite3.Connection, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         marks = ",".join("?" * len(queues))
         out: list[Delivery] = []
-        with self._write() as db:
-            now = now_ms()
-            rows = db.execute(
-                "SELECT seq, id, queue, priority, deliveries, token, body FROM taskmill_messages"
-                f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
-                (*queues, now, limit),
-            ).fetchall()
-            for seq, message_id, queue, priority, deliveries, held_by, body in rows:
-                if held_by is not None and deliveries >= self.max_deliveries:
-                    self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
-                    continue
-                token = uuid.uuid4().hex
-                db.execute(
-                    "UPDATE taskmill_messages SET deliveries = deliveries + 1, token = ?, available_at = ?"
-                    " WHERE seq = ?",
-                    (token, now + lease_ms, seq),
-                )
-                out.append(Delivery(message_id, queue, bytes(body), priority, deliveries + 1, token))
+        now = now_ms()
+        rows = db.execute(
+            "SELECT seq, id, queue, priority, deliveries, token, body FROM taskmill_messages"
+            f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+            (*queues, now, limit),
+        ).fetchall()
+        for seq, message_id, queue, priority, deliveries, held_by, body in rows:
+            if held_by is not None and deliveries >= self.max_deliveries:
+                self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
+                continue
+            token = uuid.uuid4().hex
+            db.execute(
+                "UPDATE taskmill_messages SET deliveries = deliveries + 1, token = ?, available_at = ? WHERE seq = ?",
+                (token, now + lease_ms, seq),
+            )
+            out.append(Delivery(message_id, queue, bytes(body), priority, deliveries + 1, token))
         return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -136,14 +144,18 @@ class SQLiteBroker(Broker):
                 return
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        lost = []
         with self._write() as db:
-            for delivery in deliveries:
-                cursor = db.execute(
-                    "DELETE FROM taskmill_messages WHERE id = ? AND token = ?", (delivery.id, delivery.token)
-                )
-                if cursor.rowcount == 0:
-                    lost.append(delivery)
+            return self._ack(db, deliveries)
+
+    @staticmethod
+    def _ack(db: sqlite3.Connection, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost = []
+        for delivery in deliveries:
+            cursor = db.execute(
+                "DELETE FROM taskmill_messages WHERE id = ? AND token = ?", (delivery.id, delivery.token)
+            )
+            if cursor.rowcount == 0:
+                lost.append(delivery)
         return lost
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
@@ -203,9 +215,9 @@ class SQLiteBroker(Broker):
         names = [r[0] for r in self._read("SELECT name FROM taskmill_queues")] if queues is None else queues
         counts = {name: [0, 0, 0, 0] for name in names}
         for queue, ready, delayed, in_flight in self._read(
-            "SELECT queue, SUM(token IS NULL AND available_at <= ?), SUM(token IS NULL AND available_at > ?),"
-            " SUM(token IS NOT NULL) FROM taskmill_messages GROUP BY queue",
-            (now, now),
+            "SELECT queue, SUM(available_at <= ?), SUM(token IS NULL AND available_at > ?),"
+            " SUM(token IS NOT NULL AND available_at > ?) FROM taskmill_messages GROUP BY queue",
+            (now, now, now),
         ):
             if queue in counts:
                 counts[queue][:3] = [ready, delayed, in_flight]

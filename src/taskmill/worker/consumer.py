@@ -45,6 +45,10 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._loop: EventLoopThread | None = None
+        self._acks: list[Delivery] = []  # finished, waiting for the fetch loop's next broker call
+        self._idle = False  # the fetch loop is waiting for new messages
+        self._flushing = False  # a worker thread is acking for the idle fetch loop
+        self._lost: set[str] = set()  # ids whose lease a heartbeat found lost (logged once)
         self._pool: list[threading.Thread] = []
 
     @property
@@ -111,6 +115,7 @@ class Worker:
         if self._stopped.is_set():
             return
         self._stopping.set()
+        self._flush_acks()
         for _ in range(self.threads):
             self._work.put(None)
         for mw in self.app.middleware:
@@ -143,36 +148,53 @@ class Worker:
 
     # -- threads -------------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
+        """Ack what finished and lease as many messages as there are free slots, in one broker call."""
         broker, failures = self.app.broker, 0
         while not self._stopping.is_set():
             with self._changed:
                 while len(self._in_flight) >= self.threads and not self._stopping.is_set():
                     self._changed.wait(0.5)
                 free = self.threads - len(self._in_flight)
+                acks, self._acks = self._acks, []
             if self._stopping.is_set():
+                self._return_acks(acks)
                 break
             try:
-                deliveries = broker.fetch(self.queues, free, self.lease_ms)
-                if not deliveries:
-                    if self.burst and not self._in_flight:
-                        break
-                    broker.wait(self.queues, _IDLE_WAIT)
-                    continue
+                lost, deliveries = broker.ack_and_fetch(acks, self.queues, free, self.lease_ms)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
+                self._return_acks(acks)
                 failures += 1
                 pause = min(0.1 * 2**failures, _MAX_BACKOFF)
                 if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
                     log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
                 self._stopping.wait(pause)
                 continue
-            with self._changed:
+            _log_lost_acks(lost)
+            if deliveries:
+                with self._changed:
+                    for delivery in deliveries:
+                        self._in_flight[delivery.id] = delivery
                 for delivery in deliveries:
-                    self._in_flight[delivery.id] = delivery
-            for delivery in deliveries:
-                self._work.put(delivery)
+                    self._work.put(delivery)
+                continue
+            with self._changed:
+                if self._acks:
+                    continue  # something finished meanwhile: ack it before waiting
+                if self.burst and not self._in_flight:
+                    break
+                self._idle = True  # from now on finishing threads ack for themselves
+            try:
+                broker.wait(self.queues, _IDLE_WAIT)
+            finally:
+                with self._changed:
+                    self._idle = False
         if self.burst and not self._stopping.is_set():
             self._finish()
+
+    def _return_acks(self, acks: list[Delivery]) -> None:
+        with self._changed:
+            self._acks[:0] = acks
 
     def _work_loop(self) -> None:
         while (delivery := self._work.get()) is not None:
@@ -185,6 +207,7 @@ class Worker:
             finally:
                 with self._changed:
                     self._in_flight.pop(delivery.id, None)
+                    self._lost.discard(delivery.id)
                     self._changed.notify_all()
 
     def _monitor_loop(self) -> None:
@@ -205,7 +228,9 @@ class Worker:
                 continue
             try:
                 for delivery in self.app.broker.extend(held, self.lease_ms):
-                    log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
+                    if delivery.id not in self._lost:
+                        self._lost.add(delivery.id)
+                        log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
             except BrokerError as exc:
                 log.warning("heartbeat failed (%s); leases may expire", exc)
 
@@ -235,7 +260,7 @@ class Worker:
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
             return
         if outcome.error is None:
-            broker.ack_one(delivery)
+            self._ack(delivery)
             logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
             return
         assert actor is not None
@@ -249,10 +274,41 @@ class Worker:
         broker.retry(delivery, int(delay * 1000))
         logger.warning("%s failed with %s: %s; retry in %.1f s", where, type(error).__qualname__, error, delay)
 
+    def _ack(self, delivery: Delivery) -> None:
+        """Queue an ack for the fetch loop's next call; while it idles, group-commit acks here."""
+        with self._changed:
+            self._acks.append(delivery)
+            if not self._idle or self._flushing:
+                return
+            self._flushing = True
+        try:
+            self._flush_acks()
+        finally:
+            with self._changed:
+                self._flushing = False
+
+    def _flush_acks(self) -> None:
+        """Ack everything queued, batch after batch, until nothing is left."""
+        while True:
+            with self._changed:
+                batch, self._acks = self._acks, []
+            if not batch:
+                return
+            try:
+                _log_lost_acks(self.app.broker.ack(batch))
+            except BrokerError as exc:
+                log.warning("ack of %d messages failed (%s); they will run again", len(batch), exc)
+                return
+
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
         self.app.broker.dead_letter(delivery, failure)
         for mw in reversed(self.app.middleware):
             mw.after_dead_letter(self.app, outcome.message, failure.reason)
+
+
+def _log_lost_acks(lost: list[Delivery]) -> None:
+    for delivery in lost:
+        log.warning("message %s: lease lost before its ack; it may have run twice", delivery.id)
 
 
 def _describe(delivery: Delivery, outcome: Outcome, log_args: bool, max_chars: int) -> str:
