@@ -39,6 +39,7 @@ class MemoryBroker(Broker):
         self._entries: dict[str, _Entry] = {}
         self._dead: dict[str, tuple[DeadLetter, Failure]] = {}
         self._queues: set[str] = set()
+        self._reported: set[str] = set()  # dead letters a join already raised
         self._seq = 0
         self._changed = threading.Condition()
 
@@ -175,14 +176,18 @@ class MemoryBroker(Broker):
         return len(chosen)
 
     def join(self, queue: str = "default", timeout: float | None = None, *, fail_fast: bool = True) -> None:
-        """Wait until ``queue`` has nothing ready, delayed or in flight; re-raise actor errors."""
+        """Wait until ``queue`` has nothing ready, delayed or in flight.
+
+        With ``fail_fast``, raise the error of a message of ``queue`` that was dead-lettered and
+        that no earlier join raised (the actor's own exception where there is one).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen_dead = {i for i, (d, _) in self._dead.items() if d.queue == queue}
         with self._changed:
             while True:
                 if fail_fast:
                     for message_id, (dead, failure) in self._dead.items():
-                        if dead.queue == queue and message_id not in seen_dead:
+                        if dead.queue == queue and message_id not in self._reported:
+                            self._reported.add(message_id)  # each dead letter fails one join
                             if failure.exception is not None:
                                 raise failure.exception
                             raise RuntimeError(f"message {message_id} was dead-lettered: {dead.reason}")
