@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from taskmill.brokers import Broker, Record, open_broker
-from taskmill.errors import ActorNotFound, ConfigurationError, PayloadTooLarge
+from taskmill.errors import ActorNotFound, ConfigurationError
 from taskmill.message import Message
 from taskmill.middleware import Middleware
 from taskmill.options import ActorOptions
@@ -155,9 +155,7 @@ class App:
             message = original
             for mw in self.middleware:
                 message = mw.before_enqueue(self, message)
-            body = message.encode()
-            if len(body) > limit:
-                raise PayloadTooLarge(len(body), limit)
+            body = message.encode(limit)
             prepared.append(message)
             records.append(Record(message.id, message.queue, body, message.priority, message.delay_ms))
         broker = self.broker

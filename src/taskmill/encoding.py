@@ -12,7 +12,7 @@ import math
 from types import ModuleType
 from typing import Any
 
-from taskmill.errors import DecodeError, EncodeError
+from taskmill.errors import DecodeError, EncodeError, PayloadTooLarge
 
 __all__ = ["MAX_DEPTH", "dumps", "loads", "validate"]
 
@@ -27,35 +27,45 @@ except ImportError:  # pragma: no cover - exercised when orjson is absent
     _orjson = None
 
 
-def validate(value: Any, depth: int = 0) -> None:
-    """Raise EncodeError unless ``value`` survives a JSON round trip exactly."""
-    if depth > MAX_DEPTH:
-        raise EncodeError(f"arguments nested deeper than {MAX_DEPTH} levels")
-    kind = type(value)
-    if value is None or kind is bool or kind is str:
+def validate(value: Any, max_bytes: int | None = None) -> None:
+    """Raise EncodeError unless ``value`` survives a JSON round trip exactly.
+
+    With ``max_bytes``, raise PayloadTooLarge as soon as the text seen so far (a lower bound of the
+    encoded size) exceeds it, so an oversized payload is refused before it is copied or encoded.
+    """
+    seen = 0
+
+    def check(item: Any, depth: int) -> None:
+        nonlocal seen
+        if depth > MAX_DEPTH:
+            raise EncodeError(f"arguments nested deeper than {MAX_DEPTH} levels")
+        kind = type(item)
         if kind is str:
-            _check_text(value)
-        return
-    if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise EncodeError("integer outside the signed 64-bit range cannot be sent")
-        return
-    if kind is float:
-        if not math.isfinite(value):
-            raise EncodeError(f"{value!r} is not valid JSON")
-        return
-    if kind is list or kind is tuple:
-        for item in value:
-            validate(item, depth + 1)
-        return
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise EncodeError(f"dict key {key!r} is not a str; JSON objects have str keys")
-            _check_text(key)
-            validate(item, depth + 1)
-        return
-    raise EncodeError(f"{kind.__name__} is not JSON-serializable; send plain data instead")
+            seen += len(item)
+            if max_bytes is not None and seen > max_bytes:
+                raise PayloadTooLarge(seen, max_bytes, at_least=True)
+            _check_text(item)
+        elif item is None or kind is bool:
+            return
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise EncodeError("integer outside the signed 64-bit range cannot be sent")
+        elif kind is float:
+            if not math.isfinite(item):
+                raise EncodeError(f"{item!r} is not valid JSON")
+        elif kind is list or kind is tuple:
+            for element in item:
+                check(element, depth + 1)
+        elif kind is dict:
+            for key, element in item.items():
+                if type(key) is not str:
+                    raise EncodeError(f"dict key {key!r} is not a str; JSON objects have str keys")
+                check(key, depth + 1)
+                check(element, depth + 1)
+        else:
+            raise EncodeError(f"{kind.__name__} is not JSON-serializable; send plain data instead")
+
+    check(value, 0)
 
 
 def _check_text(text: str) -> None:

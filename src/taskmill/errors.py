@@ -76,8 +76,9 @@ class EncodeError(MessageError):
 class PayloadTooLarge(MessageError):
     """The encoded message is larger than the configured cap."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message is {size} bytes, over the {limit}-byte limit (max_payload_bytes)")
+    def __init__(self, size: int, limit: int, *, at_least: bool = False) -> None:
+        amount = f"at least {size}" if at_least else str(size)
+        super().__init__(f"message is {amount} bytes, over the {limit}-byte limit (max_payload_bytes)")
         self.size = size
         self.limit = limit
 

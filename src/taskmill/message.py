@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from taskmill import encoding
-from taskmill.errors import DecodeError
+from taskmill.errors import DecodeError, PayloadTooLarge
 
 __all__ = ["ENVELOPE_VERSION", "Message", "new_message_id", "now_ms"]
 
@@ -64,11 +64,14 @@ class Message:
             envelope["options"] = dict(self.options)
         return envelope
 
-    def encode(self) -> bytes:
-        """Validate and encode the envelope as UTF-8 JSON."""
+    def encode(self, max_bytes: int | None = None) -> bytes:
+        """Validate and encode the envelope as UTF-8 JSON, at most ``max_bytes`` long when given."""
         envelope = self.to_envelope()
-        encoding.validate(envelope)
-        return encoding.dumps(envelope)
+        encoding.validate(envelope, max_bytes)
+        body = encoding.dumps(envelope)
+        if max_bytes is not None and len(body) > max_bytes:
+            raise PayloadTooLarge(len(body), max_bytes)
+        return body
 
     @classmethod
     def decode(cls, body: bytes) -> Message:

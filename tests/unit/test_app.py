@@ -145,3 +145,18 @@ def test_module_level_actor_uses_the_default_app() -> None:
 
     assert taskmill.default_app().actors["default_app_actor"] is default_app_actor
     assert default_app_actor_with_options.options.queue == "other"
+
+
+def test_huge_payloads_are_refused_without_encoding_them() -> None:
+    app = App("memory://")
+
+    @app.actor
+    def echo(text: str) -> str:
+        return text
+
+    for size in (256 * 1024 + 1, 16 * 1024 * 1024):
+        with pytest.raises(PayloadTooLarge):
+            echo.send("x" * size)
+    with pytest.raises(PayloadTooLarge, match="at least"):
+        echo.send("é" * (64 * 1024 * 1024))
+    assert app.broker.stats() == []

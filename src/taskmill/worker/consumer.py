@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 from taskmill.brokers.base import Delivery, Failure
 from taskmill.errors import BrokerError, LeaseLost, TimeLimitExceeded
 from taskmill.middleware.retries import retry_delay
-from taskmill.worker.executor import EventLoopThread, Outcome, decode, failure_from, interrupt_thread, run
+from taskmill.worker.executor import (
+    EventLoopThread,
+    Outcome,
+    cancel_interrupt,
+    decode,
+    failure_from,
+    interrupt_thread,
+    run,
+)
 
 if TYPE_CHECKING:
     from taskmill.app import App
@@ -171,6 +179,9 @@ class Worker:
                 self._stopping.wait(pause)
                 continue
             _log_lost_acks(lost)
+            if deliveries and self._stopping.is_set():
+                broker.release(deliveries)  # fetched as the stop began: give them back at once
+                break
             if deliveries:
                 with self._changed:
                     for delivery in deliveries:
@@ -216,9 +227,11 @@ class Worker:
         next_beat = time.monotonic() + beat_every
         while not self._stopped.wait(0.05):
             now = time.monotonic()
-            for thread_id, (deadline, _) in list(self._deadlines.items()):
-                if now >= deadline and self._deadlines.pop(thread_id, None) is not None:
-                    interrupt_thread(thread_id)
+            with self._changed:
+                for thread_id, (deadline, _) in list(self._deadlines.items()):
+                    if now >= deadline:
+                        del self._deadlines[thread_id]
+                        interrupt_thread(thread_id)
             if now < next_beat:
                 continue
             next_beat = now + beat_every
@@ -245,7 +258,9 @@ class Worker:
             outcome = run(self.app, outcome, self._loop)
         finally:
             if limit is not None:
-                self._deadlines.pop(threading.get_ident(), None)
+                with self._changed:  # the monitor interrupts under this lock, so none can land after this
+                    self._deadlines.pop(threading.get_ident(), None)
+                    cancel_interrupt(threading.get_ident())
         try:
             self._settle(delivery, outcome)
         except LeaseLost:

@@ -20,7 +20,17 @@ if TYPE_CHECKING:
     from taskmill.actor import Actor
     from taskmill.app import App
 
-__all__ = ["EventLoopThread", "Outcome", "decode", "execute", "failure_from", "interrupt_thread", "run", "run_eagerly"]
+__all__ = [
+    "EventLoopThread",
+    "Outcome",
+    "cancel_interrupt",
+    "decode",
+    "execute",
+    "failure_from",
+    "interrupt_thread",
+    "run",
+    "run_eagerly",
+]
 
 
 @dataclass(slots=True)
@@ -134,3 +144,8 @@ def run_eagerly(app: App, body: bytes) -> Any:
 def interrupt_thread(thread_id: int) -> None:
     """Raise TimeLimitExceeded in another thread at its next Python bytecode."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(TimeLimitExceeded))
+
+
+def cancel_interrupt(thread_id: int) -> None:
+    """Withdraw an interrupt that has not fired yet (the actor returned just in time)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
