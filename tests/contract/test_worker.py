@@ -232,7 +232,7 @@ def test_delayed_message_waits_without_holding_a_worker(app: App, start_worker: 
     assert ran == []
     assert worker.in_flight == 0
     wait_for(lambda: bool(ran), timeout=5)
-    assert ran[0] - sent >= 0.5
+    assert ran[0] - sent >= 0.49  # wire times are whole milliseconds
 
 
 def test_graceful_stop_finishes_in_flight_work(app: App) -> None:

@@ -9,33 +9,19 @@ process on it shares.
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
-from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
+from taskmill.errors import LeaseLost
 from taskmill.message import now_ms
+from taskmill.sqlite_db import Database, path_from_url
 
 __all__ = ["SQLiteBroker", "path_from_url"]
 
 _SCHEMA = (Path(__file__).with_name("sqlite_schema.sql")).read_text()
-_SYNCHRONOUS = {"off", "normal", "full", "extra"}
-_POLL_SECONDS = 0.01  # how often an idle wait looks for commits by other processes
-
-
-def path_from_url(url: str) -> Path:
-    """The database file a ``sqlite:///`` URL names, resolved to an absolute path."""
-    parts = urlsplit(url)
-    raw = parts.path[1:] if url.startswith("sqlite:///") else parts.netloc + parts.path
-    if not raw:
-        raise ConfigurationError(f"sqlite URL {url!r} names no file; use sqlite:///path/to.db")
-    return Path(raw).expanduser().resolve()
 
 
 class SQLiteBroker(Broker):
@@ -43,44 +29,14 @@ class SQLiteBroker(Broker):
 
     def __init__(self, url: str, *, max_deliveries: int = 25, busy_timeout: float = 30.0) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
-        self.path = path_from_url(url)
-        synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["full"])[-1].lower()
-        if synchronous not in _SYNCHRONOUS:
-            raise ConfigurationError(f"synchronous={synchronous!r}; choose one of {sorted(_SYNCHRONOUS)}")
-        self._lock = threading.RLock()  # one connection per instance, shared by its threads
-        self._local = threading.Condition()  # wakes waiters on commits made through this instance
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
-        except (sqlite3.Error, OSError) as exc:
-            raise BrokerUnavailable(f"cannot open SQLite broker at {self.path}: {exc}") from exc
+        self._database = Database(url, _SCHEMA, busy_timeout=busy_timeout)
+        self.path = self._database.path
+        self._write = self._database.write
+        self._read = self._database.read
 
     @property
     def location(self) -> str:
         return f"sqlite:///{self.path}"
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _translated():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock, _translated():
-            return self._db.execute(sql, params).fetchall()
-
-    def _notify(self) -> None:
-        with self._local:
-            self._local.notify_all()
 
     def publish(self, records: Sequence[Record]) -> None:
         now = now_ms()
@@ -94,7 +50,6 @@ class SQLiteBroker(Broker):
             db.executemany(
                 "INSERT OR IGNORE INTO taskmill_queues (name) VALUES (?)", [(q,) for q in {r[1] for r in rows}]
             )
-        self._notify()
 
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         return self.ack_and_fetch((), queues, limit, lease_ms)[1]
@@ -130,18 +85,11 @@ class SQLiteBroker(Broker):
         return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         marks = ",".join("?" * len(queues))
-        version = self._read("PRAGMA data_version")[0][0]
         soonest = self._read(f"SELECT MIN(available_at) FROM taskmill_messages WHERE queue IN ({marks})", queues)[0][0]
         if soonest is not None:
-            deadline = min(deadline, time.monotonic() + max(soonest - now_ms(), 0) / 1000)
-        while (remaining := deadline - time.monotonic()) > 0:
-            with self._local:
-                if self._local.wait(min(remaining, _POLL_SECONDS)):
-                    return
-            if self._read("PRAGMA data_version")[0][0] != version:
-                return
+            timeout = min(timeout, max(soonest - now_ms(), 0) / 1000)
+        self._database.wait_for_commit(timeout)
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         with self._write() as db:
@@ -179,7 +127,6 @@ class SQLiteBroker(Broker):
             )
             if cursor.rowcount == 0:
                 raise LeaseLost(f"message {delivery.id} is leased to another delivery; retry refused")
-        self._notify()
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         with self._write() as db:
@@ -189,7 +136,6 @@ class SQLiteBroker(Broker):
                 " WHERE id = ? AND token = ?",
                 [(now, d.id, d.token) for d in deliveries],
             )
-        self._notify()
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
         with self._write() as db:
@@ -247,9 +193,7 @@ class SQLiteBroker(Broker):
                 f" SELECT id, queue, priority, ?, body FROM taskmill_dead {where}",
                 (now_ms(), *params),
             )
-            count = db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
-        self._notify()
-        return count
+            return db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
 
     def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         where, params = _dead_filter(ids, queue)
@@ -257,19 +201,7 @@ class SQLiteBroker(Broker):
             return db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """SQLite's own errors become taskmill's typed ones."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        raise BrokerUnavailable(f"SQLite broker unavailable: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise BrokerError(f"SQLite broker error: {exc}") from exc
+        self._database.close()
 
 
 def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
