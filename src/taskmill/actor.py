@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from taskmill.errors import ArgumentsError
 from taskmill.message import Message
-from taskmill.options import ActorOptions, check_priority, check_queue, delay_ms
+from taskmill.options import ActorOptions, check_message_id, check_priority, check_queue, delay_ms
 
 if TYPE_CHECKING:
     from taskmill.app import App
@@ -69,6 +69,7 @@ class Actor(Generic[P, R]):
             check_queue(queue)
         extra: dict[str, Any] = {}
         if message_id is not None:
+            check_message_id(message_id)
             extra["id"] = message_id
         return Message(
             actor=self.name,

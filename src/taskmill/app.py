@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -49,9 +50,17 @@ class Settings:
             if raw is not None and raw != "":
                 values[spec.name] = _parse(spec.name, raw, type(spec.default))
         settings = cls(**values)
-        if settings.lease_seconds <= 0 or settings.max_payload_bytes <= 0 or settings.max_deliveries < 1:
-            raise ConfigurationError("lease_seconds, max_payload_bytes and max_deliveries must be positive")
+        settings.check()
         return settings
+
+    def check(self) -> None:
+        """Raise ConfigurationError for values no worker could run with."""
+        for name in ("lease_seconds", "max_payload_bytes", "max_deliveries", "log_args_max"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+        if not 0 <= self.grace_seconds < math.inf:
+            raise ConfigurationError(f"grace_seconds must be >= 0, not {self.grace_seconds!r}")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -80,6 +89,7 @@ class App:
         max_deliveries: int | None = None,
         grace_seconds: float | None = None,
         log_args: bool | None = None,
+        log_args_max: int | None = None,
     ) -> None:
         given = {k: v for k, v in locals().items() if k not in {"self", "broker", "middleware"}}
         self.settings = Settings.resolve(given)

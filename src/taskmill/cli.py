@@ -31,7 +31,12 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @click.version_option(package_name="taskmill")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str) -> None:
@@ -105,6 +110,7 @@ def _parse_value(text: str) -> Any:
 @click.option("--delay", type=float, help="Seconds to wait before it may run.")
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher runs first.")
 @click.option("--queue", help="Send to this queue instead of the actor's.")
+@click.option("--message-id", help="Use this id (sending an id that is still queued does nothing).")
 def send(
     actor_spec: str,
     args: tuple[str, ...],
@@ -112,6 +118,7 @@ def send(
     delay: float | None,
     priority: int | None,
     queue: str | None,
+    message_id: str | None,
 ) -> None:
     """Send a message to MODULE:ACTOR. Each ARG is JSON when it parses as JSON, else a string."""
     module_name, _, actor_name = actor_spec.partition(":")
@@ -126,7 +133,12 @@ def send(
             raise ConfigurationError(f"--kwarg {item!r} is not KEY=VALUE")
         keywords[key] = _parse_value(value)
     message = actor.send_with_options(
-        args=tuple(_parse_value(a) for a in args), kwargs=keywords, delay=delay, priority=priority, queue=queue
+        args=tuple(_parse_value(a) for a in args),
+        kwargs=keywords,
+        delay=delay,
+        priority=priority,
+        queue=queue,
+        message_id=message_id,
     )
     click.echo(message.id)
 

@@ -19,6 +19,7 @@ from taskmill.errors import DecodeError, PayloadTooLarge
 __all__ = ["ENVELOPE_VERSION", "Message", "new_message_id", "now_ms"]
 
 ENVELOPE_VERSION = 1
+MAX_PRIORITY = 9  # priorities are 0..9 on every backend; higher runs first
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -96,8 +97,10 @@ class Message:
             )
         except KeyError as exc:
             raise DecodeError(f"envelope is missing the required field {exc.args[0]!r}") from None
-        if not message.id or not message.actor:
-            raise DecodeError("envelope has an empty id or actor")
+        if not message.id or not message.actor or not message.queue:
+            raise DecodeError("envelope has an empty id, actor or queue")
+        if not 0 <= message.priority <= MAX_PRIORITY:
+            raise DecodeError(f"envelope priority {message.priority} is outside 0..{MAX_PRIORITY}")
         return message
 
 

@@ -10,10 +10,9 @@ from types import MappingProxyType
 from typing import Any
 
 from taskmill.errors import InvalidOptionError, UnknownOptionError
+from taskmill.message import MAX_PRIORITY
 
 __all__ = ["MAX_PRIORITY", "ActorOptions", "delay_ms"]
-
-MAX_PRIORITY = 9  # priorities are 0..9 on every backend; higher runs first
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +83,12 @@ def check_priority(priority: object) -> None:
     """Priorities are ints from 0 to MAX_PRIORITY."""
     if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
         raise InvalidOptionError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
+
+
+def check_message_id(message_id: object) -> None:
+    """Message ids are non-empty strings of at most 200 characters."""
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 200:
+        raise InvalidOptionError(f"message_id must be a non-empty str of at most 200 characters, not {message_id!r}")
 
 
 def delay_ms(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> int:

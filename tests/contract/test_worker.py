@@ -270,3 +270,74 @@ def test_burst_worker_exits_when_nothing_is_due(app: App) -> None:
     worker.run()
     assert sorted(done) == list(range(5))
     assert app.broker.stats()[0].delayed == 1
+
+
+def test_sys_exit_in_an_actor_is_an_error_not_a_lost_thread(app: App, start_worker: Callable[..., Worker]) -> None:
+    import sys
+
+    done: list[int] = []
+
+    @app.actor(max_retries=0)
+    def quit_now() -> None:
+        sys.exit(3)
+
+    @app.actor
+    def fine(n: int) -> None:
+        done.append(n)
+
+    quit_now.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert app.broker.dead_letters()[0].error_type == "SystemExit"
+    fine.send(1)
+    wait_for(lambda: done == [1])
+
+
+def test_a_body_over_the_payload_cap_is_dead_lettered_unread(broker: Broker) -> None:
+    app = App(broker=broker, max_payload_bytes=100)
+    broker.publish(
+        [Record("big", "default", b'{"v":1,"id":"big","actor":"x","queue":"default","pad":"' + b"x" * 200 + b'"}')]
+    )
+    worker = Worker(app, threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: bool(broker.dead_letters()))
+        assert broker.dead_letters()[0].reason == "payload_too_large"
+    finally:
+        worker.stop(grace=5)
+
+
+def test_a_broken_after_process_hook_still_settles_the_message(broker: Broker) -> None:
+    from taskmill import Message, Middleware
+
+    class Broken(Middleware):
+        def after_process(self, app: App, message: Message, *, result: Any, exception: BaseException | None) -> None:
+            raise RuntimeError("hook bug")
+
+    app = App(broker=broker, middleware=[Broken()])
+    runs: list[int] = []
+
+    @app.actor
+    def job() -> None:
+        runs.append(1)
+
+    job.send()
+    worker = Worker(app, threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: runs == [1] and broker.stats()[0].in_flight == 0 and broker.stats()[0].ready == 0)
+    finally:
+        worker.stop(grace=5)
+    assert runs == [1]
+
+
+def test_time_limit_dead_letters_say_what_the_limit_was(app: App, start_worker: Callable[..., Worker]) -> None:
+    @app.actor(time_limit=0.1, max_retries=0)
+    def spin() -> None:
+        while True:
+            time.sleep(0.001)
+
+    spin.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert "time_limit of 0.1 s" in app.broker.dead_letters()[0].error_message

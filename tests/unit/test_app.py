@@ -160,3 +160,51 @@ def test_huge_payloads_are_refused_without_encoding_them() -> None:
     with pytest.raises(PayloadTooLarge, match="at least"):
         echo.send("é" * (64 * 1024 * 1024))
     assert app.broker.stats() == []
+
+
+@pytest.mark.parametrize(("name", "raw"), [("LEASE_SECONDS", "nan"), ("GRACE_SECONDS", "-1"), ("LEASE_SECONDS", "inf")])
+def test_non_finite_or_negative_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, raw: str) -> None:
+    monkeypatch.setenv(f"TASKMILL_{name}", raw)
+    with pytest.raises(ConfigurationError):
+        App("memory://")
+
+
+@pytest.mark.parametrize("bad", ["", 42, "x" * 201])
+def test_bad_message_ids_are_refused_at_send(bad: object) -> None:
+    from taskmill import InvalidOptionError
+
+    app = App("memory://")
+
+    @app.actor
+    def job() -> None: ...
+
+    with pytest.raises(InvalidOptionError, match="message_id"):
+        job.send_with_options(message_id=bad)  # type: ignore[arg-type]
+
+
+def test_sending_a_queued_id_again_is_a_no_op() -> None:
+    app = App("memory://")
+
+    @app.actor
+    def job() -> None: ...
+
+    job.send_with_options(message_id="once")
+    job.send_with_options(message_id="once")
+    assert app.broker.stats()[0].ready == 1
+
+
+def test_eager_async_actor_sent_from_async_code() -> None:
+    import asyncio
+
+    app = App("memory://?eager=1")
+    seen: list[int] = []
+
+    @app.actor
+    async def record(n: int) -> None:
+        seen.append(n)
+
+    async def handler() -> None:
+        record.send(5)
+
+    asyncio.run(handler())
+    assert seen == [5]

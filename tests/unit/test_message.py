@@ -46,3 +46,16 @@ def test_minimal_envelope_from_another_language_decodes() -> None:
 def test_invalid_envelopes_raise_decode_error(body: bytes, words: str) -> None:
     with pytest.raises(DecodeError, match=words):
         Message.decode(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"id":"m","actor":"a","queue":"q","priority":77}',
+        b'{"v":1,"id":"m","actor":"a","queue":"q","priority":-1}',
+        b'{"v":1,"id":"m","actor":"a","queue":""}',
+    ],
+)
+def test_out_of_range_envelope_values_raise_decode_error(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        Message.decode(body)

@@ -53,7 +53,7 @@ class Delivery:
 class Failure:
     """Why a message is dead: a reason code and, for actor errors, the error's text."""
 
-    reason: str  # failed | decode_error | unknown_actor | delivery_limit | bad_signature ...
+    reason: str  # failed | decode_error | unknown_actor | bad_arguments | payload_too_large | delivery_limit
     error_type: str = ""
     error_message: str = ""
     traceback: str = ""
@@ -150,7 +150,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, queue: str) -> int:
-        """Delete the ready and delayed records of ``queue``; in-flight ones finish. Returns count."""
+        """Delete the ready (expired leases included) and delayed records of ``queue``; returns count.
+
+        Records under a live lease are left to finish.
+        """
 
     @abc.abstractmethod
     def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
@@ -158,7 +161,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
-        """Move dead letters (by id, by queue, or all) back to their queue with a fresh count."""
+        """Move dead letters (by id, by queue, or all) back to their queue with a fresh count.
+
+        A dead letter whose id is queued again already stays dead. Returns how many moved.
+        """
 
     @abc.abstractmethod
     def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:

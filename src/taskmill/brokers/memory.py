@@ -148,7 +148,12 @@ class MemoryBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._changed:
-            doomed = [i for i, e in self._entries.items() if e.record.queue == queue and e.token is None]
+            now = now_ms()
+            doomed = [
+                i
+                for i, e in self._entries.items()
+                if e.record.queue == queue and (e.token is None or e.available_at <= now)
+            ]
             for message_id in doomed:
                 del self._entries[message_id]
             self._changed.notify_all()
@@ -161,7 +166,7 @@ class MemoryBroker(Broker):
 
     def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         with self._changed:
-            chosen = self._select_dead(ids, queue)
+            chosen = [d for d in self._select_dead(ids, queue) if d.id not in self._entries]
             self.publish([Record(d.id, d.queue, d.body, d.priority) for d in chosen])
             for dead in chosen:
                 del self._dead[dead.id]

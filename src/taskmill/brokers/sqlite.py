@@ -67,21 +67,27 @@ class SQLiteBroker(Broker):
         marks = ",".join("?" * len(queues))
         out: list[Delivery] = []
         now = now_ms()
-        rows = db.execute(
-            "SELECT seq, id, queue, priority, deliveries, token, body FROM taskmill_messages"
-            f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
-            (*queues, now, limit),
-        ).fetchall()
-        for seq, message_id, queue, priority, deliveries, held_by, body in rows:
-            if held_by is not None and deliveries >= self.max_deliveries:
-                self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
-                continue
-            token = uuid.uuid4().hex
-            db.execute(
-                "UPDATE taskmill_messages SET deliveries = deliveries + 1, token = ?, available_at = ? WHERE seq = ?",
-                (token, now + lease_ms, seq),
-            )
-            out.append(Delivery(message_id, queue, bytes(body), priority, deliveries + 1, token))
+        while len(out) < limit:
+            rows = db.execute(
+                "SELECT seq, id, queue, priority, deliveries, token, body FROM taskmill_messages"
+                f" WHERE queue IN ({marks}) AND available_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+                (*queues, now, limit - len(out)),
+            ).fetchall()
+            buried = 0
+            for seq, message_id, queue, priority, deliveries, held_by, body in rows:
+                if held_by is not None and deliveries >= self.max_deliveries:
+                    self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
+                    buried += 1
+                    continue
+                token = uuid.uuid4().hex
+                db.execute(
+                    "UPDATE taskmill_messages SET deliveries = deliveries + 1, token = ?, available_at = ?"
+                    " WHERE seq = ?",
+                    (token, now + lease_ms, seq),
+                )
+                out.append(Delivery(message_id, queue, _as_bytes(body), priority, deliveries + 1, token))
+            if not buried:  # nothing more is due, or the batch is full
+                break
         return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -174,7 +180,10 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._write() as db:
-            return db.execute("DELETE FROM taskmill_messages WHERE queue = ? AND token IS NULL", (queue,)).rowcount
+            return db.execute(
+                "DELETE FROM taskmill_messages WHERE queue = ? AND (token IS NULL OR available_at <= ?)",
+                (queue, now_ms()),
+            ).rowcount
 
     def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         where, params = _dead_filter(None, queue)
@@ -183,17 +192,20 @@ class SQLiteBroker(Broker):
             f" dead_at FROM taskmill_dead {where} ORDER BY dead_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
-        return [DeadLetter(r[0], r[1], bytes(r[2]), *r[3:]) for r in rows]
+        return [DeadLetter(r[0], r[1], _as_bytes(r[2]), *r[3:]) for r in rows]
 
     def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         where, params = _dead_filter(ids, queue)
+        where += (" AND " if where else "WHERE ") + "id NOT IN (SELECT id FROM taskmill_messages)"
         with self._write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO taskmill_messages (id, queue, priority, available_at, body)"
-                f" SELECT id, queue, priority, ?, body FROM taskmill_dead {where}",
-                (now_ms(), *params),
+            moved = [r[0] for r in db.execute(f"SELECT id FROM taskmill_dead {where}", params).fetchall()]
+            db.executemany(
+                "INSERT INTO taskmill_messages (id, queue, priority, available_at, body)"
+                " SELECT id, queue, priority, ?, body FROM taskmill_dead WHERE id = ?",
+                [(now_ms(), message_id) for message_id in moved],
             )
-            return db.execute(f"DELETE FROM taskmill_dead {where}", params).rowcount
+            db.executemany("DELETE FROM taskmill_dead WHERE id = ?", [(message_id,) for message_id in moved])
+        return len(moved)
 
     def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         where, params = _dead_filter(ids, queue)
@@ -202,6 +214,11 @@ class SQLiteBroker(Broker):
 
     def close(self) -> None:
         self._database.close()
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    """Bodies are BLOBs; a row written by hand as TEXT still reaches the worker (and its checks)."""
+    return body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
 
 
 def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:

@@ -14,7 +14,7 @@ __all__ = ["Middleware"]
 class Middleware:
     """Hooks called by the producer and the worker. ``before_*`` run in order, ``after_*`` reversed."""
 
-    #: Extra actor and send options this middleware accepts (read from ``actor.options.extra``).
+    #: Extra actor options this middleware accepts (read them from ``actor.options.extra``).
     options: ClassVar[frozenset[str]] = frozenset()
 
     def before_enqueue(self, app: App, message: Message) -> Message:

@@ -213,7 +213,7 @@ class Worker:
                 self._handle(delivery)
             except TimeLimitExceeded:
                 pass  # a time-limit interrupt that arrived just after the actor returned
-            except Exception:  # never let one message kill a worker thread
+            except BaseException:  # never let one message kill a worker thread
                 log.exception("internal error while handling message %s", delivery.id)
             finally:
                 with self._changed:

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import threading
 import time
 import traceback
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskmill.brokers.base import Failure
-from taskmill.errors import ActorNotFound, DecodeError, TimeLimitExceeded
+from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
 
 if TYPE_CHECKING:
     from taskmill.actor import Actor
     from taskmill.app import App
+
+log = logging.getLogger("taskmill.worker")
 
 __all__ = [
     "EventLoopThread",
@@ -78,6 +82,9 @@ def failure_from(reason: str, error: BaseException) -> Failure:
 
 def decode(app: App, body: bytes) -> Outcome:
     """Decode the body and look up its actor, or say why it cannot run."""
+    limit = app.settings.max_payload_bytes
+    if len(body) > limit:
+        return Outcome(None, rejected=failure_from("payload_too_large", PayloadTooLarge(len(body), limit)))
     try:
         message = Message.decode(body)
     except DecodeError as exc:
@@ -113,15 +120,30 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
         if actor.is_async and loop is not None:
             outcome.result = loop.run(called, actor.options.time_limit)
         elif actor.is_async:
-            outcome.result = asyncio.run(_limited(called, actor.options.time_limit))
+            outcome.result = _run_coroutine(_limited(called, actor.options.time_limit))
         else:
             outcome.result = called
-    except Exception as exc:  # noqa: BLE001 -- an actor's error is data here: the worker retries or dead-letters it
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 -- an actor's error is data: retried or dead-lettered
+        if isinstance(exc, TimeLimitExceeded) and not str(exc):  # raised by class from the watchdog
+            exc = TimeLimitExceeded(f"ran longer than its time_limit of {actor.options.time_limit} s")
         outcome.error = exc
     outcome.seconds = time.perf_counter() - started
     for mw in reversed(app.middleware):
-        mw.after_process(app, message, result=outcome.result, exception=outcome.error)
+        try:
+            mw.after_process(app, message, result=outcome.result, exception=outcome.error)
+        except Exception:  # a broken hook must not keep the message from being settled
+            log.exception("middleware %s failed in after_process for message %s", type(mw).__name__, message.id)
     return outcome
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run, also from inside a running loop (eager mode in async code): then on a new thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="taskmill-eager") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _limited(coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:

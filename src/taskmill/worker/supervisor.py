@@ -108,7 +108,8 @@ def run_child(config: WorkerConfig) -> None:
         if signals == 0 and os.getppid() != parent:
             signals = 1  # the supervisor died; stop gracefully rather than run unsupervised
         if signals == 1 and stopper is None:
-            log.info("stopping: finishing in-flight work (grace %.0f s)", config.grace or app.settings.grace_seconds)
+            grace = app.settings.grace_seconds if config.grace is None else config.grace
+            log.info("stopping: finishing in-flight work (grace %.0f s)", grace)
             stopper = threading.Thread(target=worker.stop, args=(config.grace,), daemon=True)
             stopper.start()
         elif signals >= 2:
