@@ -1,0 +1,29 @@
+"""Result stores: one module per backend behind the interface in ``base``; ``open_store`` picks by URL."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from taskmill.errors import ConfigurationError
+from taskmill.results.base import Store
+
+__all__ = ["Store", "open_store"]
+
+# scheme -> "module:Class"; modules are imported only when their scheme is used.
+_BACKENDS = {
+    "memory": "taskmill.results.memory:MemoryStore",
+    "sqlite": "taskmill.results.sqlite:SQLiteStore",
+}
+
+
+def open_store(url: str) -> Store:
+    """Build the result store a URL names, e.g. ``sqlite:///taskmill.db`` or ``memory://``."""
+    scheme = urlsplit(url).scheme
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{name}://" for name in sorted(_BACKENDS))
+        raise ConfigurationError(f"unsupported result store URL {url!r}; supported schemes: {known}")
+    module_name, class_name = target.split(":")
+    store_class: type[Store] = getattr(importlib.import_module(module_name), class_name)
+    return store_class(url)
