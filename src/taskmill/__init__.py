@@ -21,7 +21,11 @@ from taskmill.errors import (
     LeaseLost,
     MessageError,
     PayloadTooLarge,
+    ResultError,
+    ResultMissing,
+    ResultTimeout,
     Retry,
+    TaskFailed,
     TaskmillError,
     TimeLimitExceeded,
     UnknownOptionError,
@@ -30,6 +34,7 @@ from taskmill.message import Message
 from taskmill.middleware import Middleware
 from taskmill.options import ActorOptions
 from taskmill.worker import Worker
+from taskmill.workflows import Group, Pipeline, group, pipeline
 
 __version__ = "0.1.0"
 
@@ -44,14 +49,20 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
+    "Group",
     "InvalidOptionError",
     "LeaseLost",
     "Message",
     "MessageError",
     "Middleware",
     "PayloadTooLarge",
+    "Pipeline",
+    "ResultError",
+    "ResultMissing",
+    "ResultTimeout",
     "Retry",
     "Settings",
+    "TaskFailed",
     "TaskmillError",
     "TimeLimitExceeded",
     "UnknownOptionError",
@@ -59,6 +70,8 @@ __all__ = [
     "__version__",
     "actor",
     "default_app",
+    "group",
+    "pipeline",
 ]
 
 logging.getLogger("taskmill").addHandler(logging.NullHandler())

@@ -56,8 +56,15 @@ class Actor(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         message_id: str | None = None,
+        on_success: Actor[Any, Any] | str | None = None,
+        on_failure: Actor[Any, Any] | str | None = None,
+        pipe_ignore: bool = False,
     ) -> Message:
-        """A message with per-message options; arguments are checked against the signature."""
+        """A message with per-message options; arguments are checked against the signature.
+
+        ``on_success``/``on_failure`` name an actor to enqueue with the result or an error
+        description; ``pipe_ignore`` makes a pipeline step ignore the previous step's result.
+        """
         kwargs = dict(kwargs or {})
         try:
             self.signature.bind(*args, **kwargs)
@@ -71,7 +78,15 @@ class Actor(Generic[P, R]):
         if message_id is not None:
             check_message_id(message_id)
             extra["id"] = message_id
+        options: dict[str, Any] = {}
+        for key, callback in (("on_success", on_success), ("on_failure", on_failure)):
+            if callback is not None:
+                options[key] = callback.name if isinstance(callback, Actor) else callback
+        if pipe_ignore:
+            options["pipe_ignore"] = True
         return Message(
+            app=self.app,
+            options=options,
             actor=self.name,
             args=tuple(args),
             kwargs=kwargs,
@@ -95,9 +110,19 @@ class Actor(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         message_id: str | None = None,
+        on_success: Actor[Any, Any] | str | None = None,
+        on_failure: Actor[Any, Any] | str | None = None,
     ) -> Message:
-        """Enqueue with per-message options: delay (s or timedelta) or eta, priority 0-9, queue, id."""
+        """Enqueue with per-message options: delay (s or timedelta) or eta, priority 0-9, queue, id, callbacks."""
         message = self.message_with_options(
-            args=args, kwargs=kwargs, delay=delay, eta=eta, priority=priority, queue=queue, message_id=message_id
+            args=args,
+            kwargs=kwargs,
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            queue=queue,
+            message_id=message_id,
+            on_success=on_success,
+            on_failure=on_failure,
         )
         return self.app.enqueue([message])[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -10,10 +11,14 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from taskmill.brokers import Broker, Record, open_broker
-from taskmill.errors import ActorNotFound, ConfigurationError
+from taskmill.errors import ActorNotFound, ConfigurationError, ResultMissing, ResultTimeout
 from taskmill.message import Message
 from taskmill.middleware import Middleware
+from taskmill.middleware.results import Results
 from taskmill.options import ActorOptions
+from taskmill.results import Store, default_store_url, open_store
+from taskmill.results.records import read_record, result_key
+from taskmill.workflows.middleware import Workflows
 
 if TYPE_CHECKING:
     from taskmill.actor import Actor
@@ -37,6 +42,9 @@ class Settings:
     grace_seconds: float = 30.0  # how long a stopping worker lets in-flight work finish
     log_args: bool = False  # include (truncated) arguments in worker log lines
     log_args_max: int = 200  # characters of arguments logged when log_args is on
+    results_url: str = ""  # result store; empty means the broker's own URL when it keeps results
+    result_ttl_seconds: float = 86400.0  # how long results (and group bookkeeping) are kept
+    store_results: bool = False  # the default of the actor option of the same name
 
     @classmethod
     def resolve(cls, given: dict[str, Any], environ: os._Environ[str] | dict[str, str] = os.environ) -> Settings:
@@ -55,7 +63,7 @@ class Settings:
 
     def check(self) -> None:
         """Raise ConfigurationError for values no worker could run with."""
-        for name in ("lease_seconds", "max_payload_bytes", "max_deliveries", "log_args_max"):
+        for name in ("lease_seconds", "max_payload_bytes", "max_deliveries", "log_args_max", "result_ttl_seconds"):
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
@@ -83,6 +91,7 @@ class App:
         broker_url: str | None = None,
         *,
         broker: Broker | None = None,
+        results: str | Store | None = None,
         middleware: Sequence[Middleware] = (),
         lease_seconds: float | None = None,
         max_payload_bytes: int | None = None,
@@ -90,13 +99,18 @@ class App:
         grace_seconds: float | None = None,
         log_args: bool | None = None,
         log_args_max: int | None = None,
+        result_ttl_seconds: float | None = None,
+        store_results: bool | None = None,
     ) -> None:
-        given = {k: v for k, v in locals().items() if k not in {"self", "broker", "middleware"}}
+        given = {k: v for k, v in locals().items() if k not in {"self", "broker", "results", "middleware"}}
+        given["results_url"] = results if isinstance(results, str) else None
         self.settings = Settings.resolve(given)
-        self.middleware = list(middleware)
+        # Results stores before Workflows reads it: after-hooks run in reverse order.
+        self.middleware: list[Middleware] = [Workflows(), Results(), *middleware]
         self.actors: dict[str, Actor[Any, Any]] = {}
         self._broker = broker
-        self._broker_lock = threading.Lock()
+        self._store = results if isinstance(results, Store) else None
+        self._open_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"App({self.settings.broker_url!r}, actors={sorted(self.actors)})"
@@ -105,15 +119,58 @@ class App:
     def broker(self) -> Broker:
         """The broker, opened on first use (so importing a module with an App does no I/O)."""
         if self._broker is None:
-            with self._broker_lock:
+            with self._open_lock:
                 if self._broker is None:
                     self._broker = open_broker(self.settings.broker_url, max_deliveries=self.settings.max_deliveries)
         return self._broker
 
+    @property
+    def store(self) -> Store:
+        """The result store, opened on first use; ConfigurationError when there is none."""
+        if self._store is None:
+            with self._open_lock:
+                if self._store is None:
+                    url = self.settings.results_url or default_store_url(self.settings.broker_url)
+                    if not url:
+                        raise ConfigurationError(
+                            f"{self.settings.broker_url.split(':')[0]}:// keeps no results; "
+                            "pass App(..., results=URL) or set TASKMILL_RESULTS_URL"
+                        )
+                    self._store = open_store(url)
+        return self._store
+
+    def get_result(self, message: Message | str, timeout: float | None = None) -> Any:
+        """The result of a message (or message id), waiting up to ``timeout`` s (None: don't wait).
+
+        Raises ResultTimeout when it is not there in time (after waiting), ResultMissing when it
+        is not stored (at once, without waiting, when the actor does not store results), and
+        TaskFailed when the task failed for good.
+        """
+        if isinstance(message, Message):
+            actor = self.actors.get(message.actor)
+            if actor is not None and not self.stores_results(actor.options, message):
+                raise ResultMissing(f"actor {actor.name!r} does not store results; give it store_results=True")
+        message_id = message.id if isinstance(message, Message) else message
+        key = result_key(message_id)
+        data = self.store.get(key) if not timeout else self.store.wait(key, timeout)
+        if data is None:
+            if timeout:
+                raise ResultTimeout(f"no result for message {message_id} within {timeout} s")
+            raise ResultMissing(f"no result stored for message {message_id} (not stored, not done, or expired)")
+        return read_record(message_id, data)
+
+    def stores_results(self, options: ActorOptions, message: Message) -> bool:
+        """Whether a message's result is kept: the actor option, else the app default; workflows force it."""
+        if message.options.get("store_result"):
+            return True
+        return self.settings.store_results if options.store_results is None else options.store_results
+
     def close(self) -> None:
-        """Close the broker's connections."""
+        """Close the broker's and the result store's connections."""
         if self._broker is not None:
             self._broker.close()
+        if self._store is not None:
+            self._store.close()
 
     # -- actors --------------------------------------------------------------------------------
     @overload
@@ -166,7 +223,7 @@ class App:
             for mw in self.middleware:
                 message = mw.before_enqueue(self, message)
             body = message.encode(limit)
-            prepared.append(message)
+            prepared.append(dataclasses.replace(message, app=self))
             records.append(Record(message.id, message.queue, body, message.priority, message.delay_ms))
         broker = self.broker
         if broker.eager:

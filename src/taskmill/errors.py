@@ -15,7 +15,11 @@
     ├── BrokerError                 the broker failed an operation
     │   ├── BrokerUnavailable       the broker cannot be reached
     │   └── LeaseLost               the delivery's lease belongs to someone else now
-    └── TimeLimitExceeded           an actor ran past its time_limit
+    ├── TimeLimitExceeded           an actor ran past its time_limit
+    └── ResultError                 a result that cannot be returned
+        ├── ResultTimeout           not ready within the timeout
+        ├── ResultMissing           never stored, or expired
+        └── TaskFailed              the task failed for good; carries the remote error's text
 
 ``Retry`` is not an error: an actor raises it to ask for another attempt.
 """
@@ -34,7 +38,11 @@ __all__ = [
     "LeaseLost",
     "MessageError",
     "PayloadTooLarge",
+    "ResultError",
+    "ResultMissing",
+    "ResultTimeout",
     "Retry",
+    "TaskFailed",
     "TaskmillError",
     "TimeLimitExceeded",
     "UnknownOptionError",
@@ -101,6 +109,29 @@ class LeaseLost(BrokerError):
 
 class TimeLimitExceeded(TaskmillError):
     """An actor ran longer than its time_limit."""
+
+
+class ResultError(TaskmillError):
+    """A task's result cannot be returned."""
+
+
+class ResultTimeout(ResultError, TimeoutError):
+    """The result was not ready within the timeout."""
+
+
+class ResultMissing(ResultError):
+    """No result is stored for the message: it was never stored, or it expired."""
+
+
+class TaskFailed(ResultError):
+    """The task failed for good. Only text travels: nothing is unpickled or constructed."""
+
+    def __init__(self, message_id: str, error_type: str, error_message: str, traceback: str = "") -> None:
+        super().__init__(f"task {message_id} failed: {error_type}: {error_message}")
+        self.message_id = message_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
 
 
 class Retry(Exception):  # a request, not an error: `raise Retry(delay=5)` reads right

@@ -6,6 +6,7 @@ produce messages.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from taskmill import encoding
-from taskmill.errors import DecodeError, PayloadTooLarge
+from taskmill.errors import DecodeError, PayloadTooLarge, ResultMissing
 
 __all__ = ["ENVELOPE_VERSION", "Message", "new_message_id", "now_ms"]
 
@@ -46,6 +47,23 @@ class Message:
     id: str = field(default_factory=new_message_id)
     created_ms: int = field(default_factory=now_ms)
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    app: Any = field(default=None, compare=False, repr=False)  # the App that sent it, for result()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The actor's return value, waiting up to ``timeout`` s; raises the ResultError family."""
+        if self.app is None:
+            raise ResultMissing(f"message {self.id} was not sent through an App; it has no result to fetch")
+        return self.app.get_result(self, timeout)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """``result()`` for async code: waits in a thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.result, timeout)
+
+    def __or__(self, other: Any) -> Any:
+        """``a.message() | b.message()`` builds a pipeline."""
+        from taskmill.workflows.pipeline import pipeline
+
+        return pipeline([self]) | other
 
     def to_envelope(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict."""
@@ -77,7 +95,11 @@ class Message:
     @classmethod
     def decode(cls, body: bytes) -> Message:
         """Parse an envelope, raising DecodeError for anything that is not a valid v1 envelope."""
-        data = encoding.loads(body)
+        return cls.from_envelope(encoding.loads(body))
+
+    @classmethod
+    def from_envelope(cls, data: Any) -> Message:
+        """Build a Message from a decoded envelope dict, raising DecodeError when it is not valid."""
         if not isinstance(data, dict):
             raise DecodeError("envelope is not a JSON object")
         version = data.get("v")

@@ -27,6 +27,9 @@ class ActorOptions:
     retry_when: Callable[[BaseException, int], bool] | None = None
     throws: tuple[type[BaseException], ...] = ()
     time_limit: float | None = None  # seconds; None means no limit
+    store_results: bool | None = None  # None: the app's store_results setting
+    on_success: str | None = None  # actor name enqueued with the result when this one succeeds
+    on_failure: str | None = None  # actor name enqueued with an error description when it fails for good
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
@@ -39,7 +42,10 @@ class ActorOptions:
             known = ", ".join(sorted(core | declared))
             raise UnknownOptionError(f"unknown actor option(s) {', '.join(sorted(unknown))}; known options: {known}")
         extra = {k: v for k, v in given.items() if k in declared and k not in core}
-        options = cls(**{k: v for k, v in given.items() if k in core}, extra=MappingProxyType(extra))
+        core_given = {
+            k: _actor_name(v) if k in {"on_success", "on_failure"} else v for k, v in given.items() if k in core
+        }
+        options = cls(**core_given, extra=MappingProxyType(extra))
         options.check()
         return options
 
@@ -61,6 +67,12 @@ class ActorOptions:
             isinstance(t, type) and issubclass(t, BaseException) for t in self.throws
         ):
             raise InvalidOptionError("throws must be a tuple of exception classes")
+        if self.store_results is not None and not isinstance(self.store_results, bool):
+            raise InvalidOptionError(f"store_results must be True, False or None, not {self.store_results!r}")
+        for name in ("on_success", "on_failure"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidOptionError(f"{name} must be an actor or an actor's name, not {value!r}")
         if self.time_limit is not None and (
             not isinstance(self.time_limit, (int, float)) or not 0 < self.time_limit < math.inf
         ):
@@ -71,6 +83,12 @@ class ActorOptions:
         options = replace(self, **changes)
         options.check()
         return options
+
+
+def _actor_name(value: Any) -> Any:
+    """Callbacks may be given as actors; messages carry their names."""
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) and callable(value) else value
 
 
 def check_queue(queue: object) -> None:

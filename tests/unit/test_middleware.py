@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 from taskmill import App, Message, Middleware, UnknownOptionError, Worker
+from taskmill.brokers import Failure
 
 
 class Recorder(Middleware):
@@ -30,8 +31,8 @@ class Recorder(Middleware):
     def after_process(self, app: App, message: Message, *, result: Any, exception: BaseException | None) -> None:
         self.calls.append(f"{self.name}.after_process:{result}")
 
-    def after_dead_letter(self, app: App, message: Message | None, reason: str) -> None:
-        self.calls.append(f"{self.name}.after_dead_letter:{reason}")
+    def before_dead_letter(self, app: App, message: Message | None, failure: Failure) -> None:
+        self.calls.append(f"{self.name}.before_dead_letter:{failure.reason}")
 
 
 def test_hooks_run_in_order_then_reversed() -> None:
@@ -62,7 +63,7 @@ def test_dead_letter_hook_sees_the_reason() -> None:
     worker.start()
     app.broker.join("default", timeout=5, fail_fast=False)  # type: ignore[attr-defined]
     worker.stop(grace=5)
-    assert calls == ["a.after_dead_letter:decode_error"]
+    assert calls == ["a.before_dead_letter:decode_error"]
 
 
 def test_options_nobody_declared_are_refused() -> None:

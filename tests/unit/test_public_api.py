@@ -13,7 +13,8 @@ EXPECTED = {
     "Actor", "ActorNotFound", "ActorOptions", "App", "ArgumentsError", "BrokerError", "BrokerUnavailable",
     "ConfigurationError", "DecodeError", "EncodeError", "InvalidOptionError", "LeaseLost", "Message",
     "MessageError", "Middleware", "PayloadTooLarge", "Retry", "Settings", "TaskmillError", "TimeLimitExceeded",
-    "UnknownOptionError", "Worker", "__version__", "actor", "default_app",
+    "UnknownOptionError", "Worker", "__version__", "actor", "default_app", "Group", "Pipeline", "ResultError",
+    "ResultMissing", "ResultTimeout", "TaskFailed", "group", "pipeline",
 }  # fmt: skip
 
 

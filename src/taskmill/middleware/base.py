@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from taskmill.app import App
+    from taskmill.brokers.base import Failure
     from taskmill.message import Message
 
 __all__ = ["Middleware"]
@@ -30,8 +31,11 @@ class Middleware:
     def after_process(self, app: App, message: Message, *, result: Any, exception: BaseException | None) -> None:
         """Called in the worker after the actor returned or raised (before ack or retry)."""
 
-    def after_dead_letter(self, app: App, message: Message | None, reason: str) -> None:
-        """Called after a message went to the dead-letter queue (``message`` is None if undecodable)."""
+    def before_dead_letter(self, app: App, message: Message | None, failure: Failure) -> None:
+        """Called when the worker gives up on a message, just before it is dead-lettered.
+
+        ``message`` is None when the body could not be decoded. Runs in reverse order, like after-hooks.
+        """
 
     def worker_started(self, app: App) -> None:
         """Called once per worker process after it started."""

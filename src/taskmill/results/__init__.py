@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from taskmill.errors import ConfigurationError
 from taskmill.results.base import Store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "default_store_url", "open_store"]
 
 # scheme -> "module:Class"; modules are imported only when their scheme is used.
 _BACKENDS = {
@@ -27,3 +27,8 @@ def open_store(url: str) -> Store:
     module_name, class_name = target.split(":")
     store_class: type[Store] = getattr(importlib.import_module(module_name), class_name)
     return store_class(url)
+
+
+def default_store_url(broker_url: str) -> str | None:
+    """The broker's own URL when its backend also keeps results (sqlite, memory), else None."""
+    return broker_url if urlsplit(broker_url).scheme in _BACKENDS else None

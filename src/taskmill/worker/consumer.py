@@ -316,9 +316,14 @@ class Worker:
                 return
 
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
+        for mw in reversed(self.app.middleware):  # before the broker call: a crash in between loses nothing
+            try:
+                mw.before_dead_letter(self.app, outcome.message, failure)
+            except Exception:
+                log.exception(
+                    "middleware %s failed in before_dead_letter for message %s", type(mw).__name__, delivery.id
+                )
         self.app.broker.dead_letter(delivery, failure)
-        for mw in reversed(self.app.middleware):
-            mw.after_dead_letter(self.app, outcome.message, failure.reason)
 
 
 def _log_lost_acks(lost: list[Delivery]) -> None:
