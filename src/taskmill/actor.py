@@ -42,8 +42,12 @@ class Actor(Generic[P, R]):
         """Run the function here and now, as a plain call."""
         return self.fn(*args, **kwargs)
 
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
-        """A message for this actor with the actor's default options, not yet sent."""
+    def message(self, *args: Any, **kwargs: Any) -> Message:
+        """A message for this actor with the actor's default options, not yet sent.
+
+        Arguments may be partial (a pipeline step receives the previous result as its last one);
+        ``send`` checks them in full.
+        """
         return self.message_with_options(args=args, kwargs=kwargs)
 
     def message_with_options(
@@ -66,10 +70,7 @@ class Actor(Generic[P, R]):
         description; ``pipe_ignore`` makes a pipeline step ignore the previous step's result.
         """
         kwargs = dict(kwargs or {})
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise ArgumentsError(f"{self.name}: {exc}") from None
+        self.check_arguments(args, kwargs, partial=True)
         if priority is not None:
             check_priority(priority)
         if queue is not None:
@@ -96,8 +97,16 @@ class Actor(Generic[P, R]):
             **extra,
         )
 
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, partial: bool = False) -> None:
+        """Raise ArgumentsError unless the arguments bind to the signature (``partial``: so far)."""
+        try:
+            (self.signature.bind_partial if partial else self.signature.bind)(*args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentsError(f"{self.name}: {exc}") from None
+
     def send(self, *args: P.args, **kwargs: P.kwargs) -> Message:
         """Enqueue a call of this actor; returns the sent Message."""
+        self.check_arguments(args, kwargs)
         return self.app.enqueue([self.message_with_options(args=args, kwargs=kwargs)])[0]
 
     def send_with_options(
@@ -125,4 +134,5 @@ class Actor(Generic[P, R]):
             on_success=on_success,
             on_failure=on_failure,
         )
+        self.check_arguments(message.args, message.kwargs)
         return self.app.enqueue([message])[0]

@@ -71,11 +71,15 @@ class Database:
         with self._lock, _translated():
             return self._db.execute(sql, params).fetchall()
 
-    def wait_for_commit(self, timeout: float) -> bool:
-        """Block up to ``timeout`` s until any connection commits to the file; True if one did."""
+    def change_mark(self) -> tuple[int, int]:
+        """A snapshot to wait from: commits through this connection, and SQLite's data_version
+        (which changes on other connections' commits only)."""
+        return self._commits, self.read("PRAGMA data_version")[0][0]
+
+    def wait_for_commit(self, timeout: float, since: tuple[int, int] | None = None) -> bool:
+        """Block up to ``timeout`` s until any connection commits after ``since`` (default: now)."""
         deadline = time.monotonic() + timeout
-        commits = self._commits
-        version = self.read("PRAGMA data_version")[0][0]  # changes on other connections' commits only
+        commits, version = since or self.change_mark()
         while (remaining := deadline - time.monotonic()) > 0:
             with self._local:
                 if self._commits != commits or self._local.wait(min(remaining, _POLL_SECONDS)):

@@ -4,7 +4,8 @@ A broker stores opaque message bodies and hands them out under *leases*. It know
 actors or the envelope. Every backend honours the same semantics (tests/contract proves it):
 
 - ``publish`` makes records durable before it returns; a record with ``delay_ms`` becomes
-  fetchable ``delay_ms`` after the broker received it, measured on the broker's clock.
+  fetchable ``delay_ms`` after the broker received it, measured on the broker's clock. Publishing
+  an id that is still queued (ready, delayed or leased) does nothing: producers may retry safely.
 - ``fetch`` hands out fetchable records, highest ``priority`` first, then oldest first, each under
   a lease of ``lease_ms`` with a fresh fencing ``token``, and counts the delivery in the broker.
 - A delivery whose lease ran out becomes fetchable again (deliveries + 1). When such a record has
@@ -99,7 +100,7 @@ class Broker(abc.ABC):
 
     @property
     def location(self) -> str:
-        """Where the data lives, for the worker's banner (a file's absolute path for sqlite)."""
+        """Where the data lives, for the worker's banner (for sqlite, a URL with the file's absolute path)."""
         return self.url
 
     # -- producing -----------------------------------------------------------------------------

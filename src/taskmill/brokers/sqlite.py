@@ -91,11 +91,12 @@ class SQLiteBroker(Broker):
         return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
+        mark = self._database.change_mark()  # before the look, so a commit in between still wakes us
         marks = ",".join("?" * len(queues))
         soonest = self._read(f"SELECT MIN(available_at) FROM taskmill_messages WHERE queue IN ({marks})", queues)[0][0]
         if soonest is not None:
             timeout = min(timeout, max(soonest - now_ms(), 0) / 1000)
-        self._database.wait_for_commit(timeout)
+        self._database.wait_for_commit(timeout, since=mark)
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         with self._write() as db:

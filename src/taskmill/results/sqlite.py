@@ -49,11 +49,12 @@ class SQLiteStore(Store):
     def wait(self, key: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
         while True:
+            mark = self._database.change_mark()
             value = self.get(key)
             remaining = deadline - time.monotonic()
             if value is not None or remaining <= 0:
                 return value
-            self._database.wait_for_commit(remaining)
+            self._database.wait_for_commit(remaining, since=mark)
 
     def delete(self, key: str) -> bool:
         with self._database.write() as db:
