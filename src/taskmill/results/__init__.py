@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from urllib.parse import urlsplit
 
-from taskmill.errors import ConfigurationError
+from taskmill.backends import backend_class
 from taskmill.results.base import Store
 
 __all__ = ["Store", "default_store_url", "open_store"]
@@ -19,13 +18,7 @@ _BACKENDS = {
 
 def open_store(url: str) -> Store:
     """Build the result store a URL names, e.g. ``sqlite:///taskmill.db`` or ``memory://``."""
-    scheme = urlsplit(url).scheme
-    target = _BACKENDS.get(scheme)
-    if target is None:
-        known = ", ".join(f"{name}://" for name in sorted(_BACKENDS))
-        raise ConfigurationError(f"unsupported result store URL {url!r}; supported schemes: {known}")
-    module_name, class_name = target.split(":")
-    store_class: type[Store] = getattr(importlib.import_module(module_name), class_name)
+    store_class: type[Store] = backend_class(_BACKENDS, url, "result store")
     return store_class(url)
 
 
