@@ -50,7 +50,9 @@ class MemoryStore(Store):
 
     def delete(self, key: str) -> bool:
         with self._changed:
-            return self._values.pop(key, None) is not None
+            live = self._live(key) is not None
+            self._values.pop(key, None)
+            return live
 
     def add(self, key: str, member: str, ttl_ms: int) -> tuple[bool, int]:
         with self._changed:

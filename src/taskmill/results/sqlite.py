@@ -57,10 +57,15 @@ class SQLiteStore(Store):
             self._database.wait_for_commit(remaining, since=mark)
 
     def delete(self, key: str) -> bool:
+        now = now_ms()
         with self._database.write() as db:
-            found = db.execute("DELETE FROM taskmill_kv WHERE key = ?", (key,)).rowcount
-            found += db.execute("DELETE FROM taskmill_set_members WHERE key = ?", (key,)).rowcount
-        return found > 0
+            live = db.execute("SELECT 1 FROM taskmill_kv WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+            live = live or db.execute(
+                "SELECT 1 FROM taskmill_set_members WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+            db.execute("DELETE FROM taskmill_kv WHERE key = ?", (key,))
+            db.execute("DELETE FROM taskmill_set_members WHERE key = ?", (key,))
+        return live is not None
 
     def add(self, key: str, member: str, ttl_ms: int) -> tuple[bool, int]:
         now = now_ms()
