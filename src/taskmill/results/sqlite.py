@@ -60,9 +60,12 @@ class SQLiteStore(Store):
         now = now_ms()
         with self._database.write() as db:
             live = db.execute("SELECT 1 FROM taskmill_kv WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
-            live = live or db.execute(
-                "SELECT 1 FROM taskmill_set_members WHERE key = ? AND expires_at > ?", (key, now)
-            ).fetchone()
+            live = (
+                live
+                or db.execute(
+                    "SELECT 1 FROM taskmill_set_members WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+            )
             db.execute("DELETE FROM taskmill_kv WHERE key = ?", (key,))
             db.execute("DELETE FROM taskmill_set_members WHERE key = ?", (key,))
         return live is not None
