@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskmill.brokers.base import Delivery, Failure
+from taskmill.brokers.base import Broker, Delivery, Failure
 from taskmill.errors import BrokerError, LeaseLost, TimeLimitExceeded
 from taskmill.middleware.retries import retry_delay
 from taskmill.worker.executor import (
@@ -179,20 +179,21 @@ class Worker:
                 self._stopping.wait(pause)
                 continue
             _log_lost_acks(lost)
-            if deliveries and self._stopping.is_set():
-                broker.release(deliveries)  # fetched as the stop began: give them back at once
-                break
             if deliveries:
-                with self._changed:
-                    for delivery in deliveries:
-                        self._in_flight[delivery.id] = delivery
+                with self._changed:  # under the lock stop() waits with, so no batch slips past it
+                    stopping = self._stopping.is_set()
+                    if not stopping:
+                        self._in_flight.update((d.id, d) for d in deliveries)
+                if stopping:
+                    broker.release(deliveries)  # fetched as the stop began: give them back at once
+                    break
                 for delivery in deliveries:
                     self._work.put(delivery)
                 continue
             with self._changed:
                 if self._acks:
                     continue  # something finished meanwhile: ack it before waiting
-                if self.burst and not self._in_flight:
+                if self.burst and not self._in_flight and self._nothing_left(broker):
                     break
                 self._idle = True  # from now on finishing threads ack for themselves
             try:
@@ -202,6 +203,11 @@ class Worker:
                     self._idle = False
         if self.burst and not self._stopping.is_set():
             self._finish()
+
+    def _nothing_left(self, broker: Broker) -> bool:
+        """Burst mode's end: nothing ready and nothing leased by anyone (a crashed process's lease
+        counts: its message comes back, or is dead-lettered, when the lease expires)."""
+        return all(s.ready == 0 and s.in_flight == 0 for s in broker.stats(self.queues))
 
     def _return_acks(self, acks: list[Delivery]) -> None:
         with self._changed:

@@ -96,10 +96,11 @@ def run_child(config: WorkerConfig) -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal signals
-        signals += 1
+        signals = 2 if signum == signal.SIGUSR1 else signals + 1
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_signal)  # the supervisor's "stop hard", so children need not count
     parent = os.getppid()
     worker.start()
     log.info("worker process started: %d threads on %s", config.threads, ", ".join(worker.queues))
@@ -142,7 +143,7 @@ class Supervisor:
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """First signal: graceful stop; second: hard stop."""
         self.signals += 1
-        self._signal_children(signal.SIGTERM)
+        self._signal_children(signal.SIGTERM if self.signals == 1 else signal.SIGUSR1)
 
     def run(self) -> int:
         """Spawn, watch and restart children until stopped; returns the exit code."""

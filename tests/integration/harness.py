@@ -1,0 +1,262 @@
+"""Real worker processes for the integration tests: start, watch, signal and always clean up.
+
+Worker children call ``os.setpgrp()``, so killing the supervisor's process group misses them, and
+once the supervisor is gone they are re-parented. Every process a test starts therefore carries a
+unique ``TASKMILL_TEST_RUN`` value in its environment, and cleanup SIGKILLs whatever carries it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from ledger import ENV as LEDGER_ENV
+from ledger import Ledger
+
+from taskmill import App, Message
+from taskmill.brokers import QueueStats
+
+HERE = Path(__file__).resolve().parent
+RUN_ENV = "TASKMILL_TEST_RUN"
+T = TypeVar("T")
+
+
+def sqlite_url(path: Path) -> str:
+    """The broker URL of an absolute SQLite path (four slashes)."""
+    return f"sqlite:///{path.resolve()}"
+
+
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_completed(ledger: Ledger, at_least: int, timeout: float) -> int:
+    """Block until the ledger shows ``at_least`` completed ids; return the count."""
+    return wait_until(
+        lambda: count if (count := ledger.completed_count()) >= at_least else 0, timeout, f"{at_least} completions"
+    )
+
+
+def new_key() -> str:
+    """A fresh id, used both as the message id and as the actor's ledger key."""
+    return uuid.uuid4().hex
+
+
+def record_messages(app: App, count: int) -> list[Message]:
+    """``count`` messages for the ``record`` actor, each keyed by its own message id."""
+    actor = app.get_actor("record")
+    return [actor.message_with_options(args=(key,), message_id=key) for key in (new_key() for _ in range(count))]
+
+
+def totals(app: App) -> QueueStats:
+    """The broker's counts summed over every queue (queue name ``*``)."""
+    rows = app.broker.stats()
+    return QueueStats(
+        "*",
+        ready=sum(r.ready for r in rows),
+        delayed=sum(r.delayed for r in rows),
+        in_flight=sum(r.in_flight for r in rows),
+        dead=sum(r.dead for r in rows),
+    )
+
+
+def wait_drained(app: App, timeout: float = 10) -> QueueStats:
+    """Block until the broker holds no ready, delayed or leased message; return the totals."""
+
+    def drained() -> QueueStats | None:
+        counts = totals(app)
+        return counts if counts.ready == counts.delayed == counts.in_flight == 0 else None
+
+    return wait_until(drained, timeout, "the broker to hold no live message")
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+def _parent_pid(pid: int) -> int | None:
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[1])  # the command name in parentheses may contain spaces
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def pids_with_marker(marker: str) -> list[int]:
+    """Processes whose environment carries ``TASKMILL_TEST_RUN=marker``."""
+    needle = f"{RUN_ENV}={marker}".encode()
+    return [pid for pid in _all_pids() if needle in _read(f"/proc/{pid}/environ").split(b"\0")]
+
+
+def _state(pid: int) -> bytes:
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(b")", 1)[1].split()[0] if stat else b""
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    return _state(pid) not in {b"", b"Z", b"X"}
+
+
+def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal ``pid``, ignoring that it may be gone already."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+class WorkerProcess:
+    """``python -m taskmill ...`` as a subprocess, its output in a file."""
+
+    def __init__(self, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: Path) -> None:
+        self.marker = uuid.uuid4().hex
+        self.output_path = output
+        self._output = output.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "taskmill", *args],
+            cwd=cwd,
+            env={**env, RUN_ENV: self.marker},
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The supervisor's pid."""
+        return self.process.pid
+
+    def output(self) -> str:
+        """Everything the supervisor and its children printed so far."""
+        return self.output_path.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        """The live worker processes (spawned children), not multiprocessing's resource tracker."""
+        return sorted(
+            pid
+            for pid in _all_pids()
+            if _parent_pid(pid) == self.pid
+            and b"--multiprocessing-fork" in _read(f"/proc/{pid}/cmdline")
+            and is_alive(pid)
+        )
+
+    def wait_children(self, count: int, *, without: Collection[int] = (), timeout: float = 20) -> list[int]:
+        """Block until exactly ``count`` worker processes run, none of them in ``without``; return their pids."""
+
+        def settled() -> list[int] | None:
+            found = self.children()
+            return found if len(found) == count and not set(found) & set(without) else None
+
+        return wait_until(settled, timeout, f"{count} worker processes other than {sorted(without)}")
+
+    def wait_for_output(self, text: str, timeout: float = 20) -> None:
+        """Block until ``text`` appears in the output."""
+        wait_until(lambda: text in self.output(), timeout, f"{text!r} in the worker's output")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the supervisor only."""
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The supervisor's exit code; fails the test if it does not exit within ``timeout`` s."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit within {timeout} s; output:\n{self.output()[-3000:]}") from None
+
+    def cleanup(self) -> None:
+        """SIGKILL the supervisor's group and every process that carries this run's marker."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for pid in pids_with_marker(self.marker):
+            kill_quietly(pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        wait_until(lambda: not [p for p in pids_with_marker(self.marker) if is_alive(p)], 10, "test processes to die")
+        self._output.close()
+
+
+class Workers:
+    """Starts ``taskmill`` subprocesses for one test and kills them all when it ends."""
+
+    def __init__(self, tmp_path: Path, broker_url: str, ledger_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+            "TASKMILL_BROKER_URL": broker_url,
+            LEDGER_ENV: str(ledger_path),
+        }
+        self.started: list[WorkerProcess] = []
+
+    def start(self, *args: str, env: Mapping[str, str] | None = None) -> WorkerProcess:
+        """Run ``python -m taskmill *args`` with cwd tmp_path; extra ``env`` overrides."""
+        output = self.tmp_path / f"worker-{len(self.started)}.log"
+        process = WorkerProcess(args, env={**self.env, **(env or {})}, cwd=self.tmp_path, output=output)
+        self.started.append(process)
+        return process
+
+    def worker(
+        self,
+        *options: str,
+        processes: int = 1,
+        threads: int = 1,
+        log_level: str = "INFO",
+        env: Mapping[str, str] | None = None,
+    ) -> WorkerProcess:
+        """``taskmill --log-level L worker ledger_app --processes P --threads T *options``."""
+        counts = ("--processes", str(processes), "--threads", str(threads))
+        return self.start("--log-level", log_level, "worker", "ledger_app", *counts, *options, env=env)
+
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short CLI command to completion, capturing stdout and stderr apart."""
+        return subprocess.run(
+            [sys.executable, "-m", "taskmill", *args],
+            cwd=self.tmp_path,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def cleanup(self) -> None:
+        """Kill everything started."""
+        for process in self.started:
+            process.cleanup()
+
+
+@contextmanager
+def workers_for(tmp_path: Path, broker_url: str, ledger_path: Path) -> Iterator[Workers]:
+    """A ``Workers`` whose processes are killed on exit, whatever happened."""
+    workers = Workers(tmp_path, broker_url, ledger_path)
+    try:
+        yield workers
+    finally:
+        workers.cleanup()
