@@ -1,0 +1,234 @@
+"""redis:// and rediss:// — the Redis broker. Every state change is one Lua script (in redis_lua/
+beside this module), so fetch-and-lease, ack and the crash guard are atomic; times come from
+Redis's own clock (``TIME``).
+
+Each queue's keys share the hash tag ``{queue}``, so a queue lives in one Redis Cluster slot; a
+worker that serves several queues at once needs them in one slot, i.e. a single-node Redis (or
+one queue per worker on Cluster). Idle workers wait on Pub/Sub notifications, never polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from taskmill import encoding
+from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.errors import ConfigurationError, LeaseLost
+from taskmill.redis_conn import connect, translated
+
+__all__ = ["RedisBroker"]
+
+_LUA = Path(__file__).with_name("redis_lua")
+_COMMON = (_LUA / "common.lua").read_text()
+_KEY_NAMES = ("ready", "delayed", "leased", "body", "meta", "dead", "deadinfo", "deadbody", "seq")
+_DEAD_RETENTION_S = 7 * 86400.0
+
+
+class RedisBroker(Broker):
+    """Queues as sorted sets and hashes under a key prefix; leases carry fencing tokens."""
+
+    def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        try:
+            retention = float(query.pop("dead_retention", _DEAD_RETENTION_S))
+        except ValueError:
+            raise ConfigurationError("dead_retention must be a number of seconds") from None
+        self.dead_retention_ms = int(retention * 1000)
+        self._client, self.prefix = connect(urlunsplit(parts._replace(query=urlencode(query))))
+        self._scripts = {
+            name: self._client.register_script(_COMMON + (_LUA / f"{name}.lua").read_text())
+            for name in ("publish", "fetch", "settle", "inspect", "operate")
+        }
+        self._pubsub: Any = None
+        self._pubsub_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        return (
+            f"{urlsplit(self.url).scheme}://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        )
+
+    def _keys(self, queue: str) -> list[str]:
+        if "{" in queue or "}" in queue:
+            raise ConfigurationError(f"queue {queue!r}: Redis queue names cannot contain braces")
+        return [f"{self.prefix}:{{{queue}}}:{name}" for name in _KEY_NAMES]
+
+    def _channel(self, queue: str) -> str:
+        return f"{self.prefix}:notify:{queue}"
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        with translated():
+            return self._scripts[name](keys=keys, args=args)
+
+    # -- producing -----------------------------------------------------------------------------
+    def publish(self, records: Sequence[Record]) -> None:
+        by_queue: dict[str, list[Any]] = defaultdict(list)
+        for r in records:
+            by_queue[r.queue].extend((r.id, r.priority, max(r.delay_ms, 0), r.body))
+        if not by_queue:
+            return
+        with translated():
+            pipe = self._client.pipeline(transaction=False)  # one round trip for every queue
+            pipe.sadd(f"{self.prefix}:queues", *by_queue)
+            for queue, args in by_queue.items():
+                self._scripts["publish"](keys=self._keys(queue), args=[self._channel(queue), *args], client=pipe)
+            pipe.execute()
+
+    # -- consuming -----------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
+        return self.ack_and_fetch((), queues, limit, lease_ms)[1]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        return self.ack_and_fetch(deliveries, (), 0, 0)[0] if deliveries else []
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
+    ) -> tuple[list[Delivery], list[Delivery]]:
+        order = list(dict.fromkeys([*queues, *(d.queue for d in acks)]))
+        if not order:
+            return [], []
+        index = {queue: i + 1 for i, queue in enumerate(order)}
+        keys = [key for queue in order for key in self._keys(queue)]
+        limit = max(limit, 0) if queues else 0
+        args: list[Any] = [limit, lease_ms, self.max_deliveries, self.dead_retention_ms, len(acks)]
+        for delivery in acks:
+            args.extend((index[delivery.queue], delivery.id, delivery.token))
+        args.extend(uuid.uuid4().hex for _ in range(limit))
+        lost_positions, *rows = self._run("fetch", keys, args)
+        lost = [acks[position - 1] for position in lost_positions]
+        fetched = [
+            Delivery(_text(row[1]), order[int(row[0]) - 1], bytes(row[2]), int(row[3]), int(row[4]), _text(row[5]))
+            for row in rows
+        ]
+        return lost, fetched
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._pubsub_lock, translated(on_error=self._drop_pubsub):
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            wanted = {self._channel(q) for q in queues}
+            subscribed = {_text(c) for c in self._pubsub.channels}
+            if wanted - subscribed:
+                self._pubsub.subscribe(*(wanted - subscribed))
+            while self._pubsub.get_message(timeout=0) is not None:
+                pass  # stale notifications: the look below covers them
+            soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
+            if soonest_ms >= 0:
+                deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if self._pubsub.get_message(timeout=remaining) is not None:
+                    return
+
+    def _drop_pubsub(self) -> None:
+        """Forget a subscription whose connection failed; the next wait subscribes afresh."""
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+            self._pubsub = None
+
+    def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
+        return [d for d in deliveries if not self._settle("extend", d, [lease_ms])]
+
+    def retry(self, delivery: Delivery, delay_ms: int) -> None:
+        if not self._settle("retry", delivery, [max(delay_ms, 0), self._channel(delivery.queue)]):
+            raise LeaseLost(f"message {delivery.id} is leased to another delivery; retry refused")
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._settle("release", delivery, [self._channel(delivery.queue)])
+
+    def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
+        fields = [failure.reason, failure.error_type, failure.error_message, failure.traceback]
+        if not self._settle("dead", delivery, fields):
+            raise LeaseLost(f"message {delivery.id} is leased to another delivery; dead-letter refused")
+
+    def _settle(self, op: str, delivery: Delivery, extra: list[Any]) -> bool:
+        return bool(self._run("settle", self._keys(delivery.queue), [op, delivery.id, delivery.token, *extra]))
+
+    # -- inspecting and operating --------------------------------------------------------------
+    def _known_queues(self) -> list[str]:
+        with translated():
+            return sorted(_text(q) for q in self._client.smembers(f"{self.prefix}:queues"))
+
+    def _inspect(self, queues: Sequence[str]) -> list[Any]:
+        return list(self._run("inspect", [k for q in queues for k in self._keys(q)], []))
+
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        names = sorted(self._known_queues() if queues is None else queues)
+        if not names:
+            return []
+        rows = self._inspect(names)[:-1]
+        return [QueueStats(name, *(int(n) for n in row)) for name, row in zip(names, rows, strict=True)]
+
+    def purge(self, queue: str) -> int:
+        return int(self._run("operate", self._keys(queue), ["purge"]))
+
+    def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        names = [queue] if queue is not None else self._known_queues()
+        newest: list[tuple[float, str, str]] = []
+        with translated():
+            for name in names:
+                dead_key = self._keys(name)[5]
+                for member, score in self._client.zrevrange(dead_key, 0, offset + limit - 1, withscores=True):
+                    newest.append((score, name, _text(member)))
+            newest.sort(key=lambda item: item[0], reverse=True)
+            page = newest[offset : offset + limit]
+            pipe = self._client.pipeline(transaction=False)
+            for _, name, message_id in page:
+                keys = self._keys(name)
+                pipe.hget(keys[6], message_id)
+                pipe.hget(keys[7], message_id)
+            fetched = pipe.execute()
+        letters = []
+        for (score, name, message_id), info, body in zip(page, fetched[::2], fetched[1::2], strict=True):
+            detail = encoding.loads(info or b"{}")
+            letters.append(
+                DeadLetter(
+                    message_id,
+                    name,
+                    bytes(body or b""),
+                    int(detail.get("priority", 0)),
+                    detail.get("reason", ""),
+                    detail.get("error_type", ""),
+                    detail.get("error_message", ""),
+                    detail.get("traceback", ""),
+                    int(detail.get("deliveries", 0)),
+                    int(score),
+                )
+            )
+        return letters
+
+    def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        return self._on_dead("retry_dead", ids, queue)
+
+    def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        return self._on_dead("purge_dead", ids, queue)
+
+    def _on_dead(self, op: str, ids: Sequence[str] | None, queue: str | None) -> int:
+        if ids is not None and not ids:
+            return 0
+        selection = list(ids) if ids is not None else ["*"]
+        names = [queue] if queue is not None else self._known_queues()
+        return sum(int(self._run("operate", self._keys(name), [op, *selection])) for name in names)
+
+    def close(self) -> None:
+        with self._pubsub_lock:
+            if self._pubsub is not None:
+                self._pubsub.close()
+        self._client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

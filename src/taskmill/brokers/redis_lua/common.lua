@@ -1,0 +1,63 @@
+-- Shared by every script (prepended when the scripts are registered).
+-- Per queue, KEYS come in groups of 9, in this order:
+--   ready (zset, score = (9 - priority) * 2^40 + seq), delayed (zset, score = run-at ms),
+--   leased (zset, score = lease expiry ms), body (hash id -> body), meta (hash id -> "prio|seq|deliveries|token"),
+--   dead (zset, score = dead-at ms), deadinfo (hash id -> JSON), deadbody (hash id -> body), seq (counter)
+local GROUP = 9
+local SEQ_SPAN = 1099511627776  -- 2^40: seq stays below it, so priority always dominates the score
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function queue_keys(index)
+  local base = (index - 1) * GROUP
+  return {ready = KEYS[base + 1], delayed = KEYS[base + 2], leased = KEYS[base + 3], body = KEYS[base + 4],
+          meta = KEYS[base + 5], dead = KEYS[base + 6], deadinfo = KEYS[base + 7], deadbody = KEYS[base + 8],
+          seq = KEYS[base + 9]}
+end
+
+local function read_meta(k, id)
+  local raw = redis.call('HGET', k.meta, id)
+  if not raw then return nil end
+  local prio, seq, deliveries, token = string.match(raw, '^(%d+)|(%d+)|(%d+)|(.*)$')
+  return {prio = tonumber(prio), seq = tonumber(seq), deliveries = tonumber(deliveries), token = token}
+end
+
+local function write_meta(k, id, m)
+  redis.call('HSET', k.meta, id, m.prio .. '|' .. m.seq .. '|' .. m.deliveries .. '|' .. m.token)
+end
+
+local function ready_score(m)
+  return (9 - m.prio) * SEQ_SPAN + m.seq
+end
+
+local function is_queued(k, id)
+  return redis.call('HEXISTS', k.meta, id) == 1
+end
+
+-- Remove a message from every live structure (its body and meta too).
+local function forget(k, id)
+  redis.call('ZREM', k.ready, id)
+  redis.call('ZREM', k.delayed, id)
+  redis.call('ZREM', k.leased, id)
+  redis.call('HDEL', k.body, id)
+  redis.call('HDEL', k.meta, id)
+end
+
+local function bury(k, id, m, reason, error_type, error_message, traceback, now)
+  local body = redis.call('HGET', k.body, id)
+  forget(k, id)
+  redis.call('HSET', k.deadbody, id, body or '')
+  redis.call('HSET', k.deadinfo, id, cjson.encode({reason = reason, error_type = error_type,
+    error_message = error_message, traceback = traceback, deliveries = m.deliveries, priority = m.prio}))
+  redis.call('ZADD', k.dead, now, id)
+end
+
+-- The caller holds the message if its token matches (leased, or lease expired and not re-fetched).
+local function held(k, id, token)
+  local m = read_meta(k, id)
+  if m and m.token ~= '' and m.token == token then return m end
+  return nil
+end
