@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -11,40 +14,76 @@ from taskmill.brokers import Broker, open_broker
 from taskmill.results import Store, open_store
 
 MAX_DELIVERIES = 3
+REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 
 
 def _sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"  # sqlite:/// + an absolute path: four slashes in all
 
 
-# id -> a factory building a fresh, empty broker whose data (if any) lives under tmp_path.
-BACKENDS: dict[str, Callable[[Path], Broker]] = {
-    "memory": lambda tmp_path: open_broker("memory://", max_deliveries=MAX_DELIVERIES),
-    "sqlite": lambda tmp_path: open_broker(
+def _no_redis(problem: str) -> NoReturn:
+    if os.environ.get("CI") == "true":  # CI must never skip a missing server
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A URL on the test Redis with a key prefix of this test's own, whose keys are deleted after it.
+    With no server the test fails when CI is "true" and is skipped elsewhere."""
+    try:
+        import redis
+    except ImportError:
+        _no_redis("the redis package is not installed: pip install -e '.[dev]'")
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        client.close()
+        _no_redis(f"no Redis server at {REDIS_TEST_URL}: {exc}")
+    prefix = f"tmtest-{uuid.uuid4().hex}"
+
+    def delete_keys() -> None:
+        with client:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.unlink(*keys)
+
+    request.addfinalizer(delete_keys)
+    return f"{REDIS_TEST_URL}?prefix={prefix}"
+
+
+# id -> a factory building a fresh, empty broker whose data (if any) lives under tmp_path, or under
+# a key prefix of the test's own that the request's finalizer clears.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Broker]] = {
+    "memory": lambda request, tmp_path: open_broker("memory://", max_deliveries=MAX_DELIVERIES),
+    "sqlite": lambda request, tmp_path: open_broker(
         _sqlite_url(tmp_path.resolve() / "broker.db"), max_deliveries=MAX_DELIVERIES
     ),
+    "redis": lambda request, tmp_path: open_broker(redis_url(request), max_deliveries=MAX_DELIVERIES),
 }
 
 
 @pytest.fixture(params=list(BACKENDS))
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
     """A fresh broker of each backend in turn, closed after the test."""
-    instance = BACKENDS[request.param](tmp_path)
+    instance = BACKENDS[request.param](request, tmp_path)
     yield instance
     instance.close()
 
 
-# id -> a factory building a fresh, empty result store whose data (if any) lives under tmp_path.
-STORES: dict[str, Callable[[Path], Store]] = {
-    "memory": lambda tmp_path: open_store("memory://"),
-    "sqlite": lambda tmp_path: open_store(f"sqlite:///{(tmp_path / 'store.db').resolve()}"),
+# id -> a factory building a fresh, empty result store whose data (if any) lives under tmp_path, or under
+# a key prefix of the test's own that the request's finalizer clears.
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
+    "memory": lambda request, tmp_path: open_store("memory://"),
+    "sqlite": lambda request, tmp_path: open_store(f"sqlite:///{(tmp_path / 'store.db').resolve()}"),
+    "redis": lambda request, tmp_path: open_store(redis_url(request)),
 }
 
 
 @pytest.fixture(params=list(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A fresh result store of each backend in turn, closed after the test."""
-    instance = STORES[request.param](tmp_path)
+    instance = STORES[request.param](request, tmp_path)
     yield instance
     instance.close()
 

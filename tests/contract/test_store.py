@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -17,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from taskmill.results import Store, open_store
+from taskmill.results.redis import RedisStore
 from taskmill.results.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -29,7 +29,9 @@ POLL_S = 0.02
 THREADS = 8
 
 # Backends where opening the same URL again reaches the same data, as another process would.
-SHARED_BY_URL: tuple[type[Store], ...] = (SQLiteStore,)
+SHARED_BY_URL: tuple[type[Store], ...] = (SQLiteStore, RedisStore)
+# Runs a test on just those backends (their ids in conftest's STORES).
+on_stores_shared_by_url = pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def timed(act: Callable[[], T]) -> tuple[T, float]:
 
 @contextmanager
 def handles(store: Store, count: int) -> Iterator[list[Store]]:
-    """``count`` handles on ``store``'s data, one per thread. Where the data is shared by URL (SQLite),
+    """``count`` handles on ``store``'s data, one per thread. Where the data is shared by URL (SQLite, Redis),
     each is a store of its own on it, as separate processes would have; otherwise ``store`` itself."""
     if not isinstance(store, SHARED_BY_URL):
         yield [store] * count
@@ -399,20 +401,12 @@ def test_release_of_a_key_holding_a_value_fails_and_leaves_the_value(store: Stor
     assert store.get("key") == b"value"
 
 
-# -- SQLite: stores on one file, as separate processes open it ---------------------------------
+# -- stores on one URL (a SQLite file, a Redis prefix), as separate processes open it ---------------
 
 
-def store_file_url(tmp_path: Path) -> str:
-    return f"sqlite:///{(tmp_path / 'store.db').resolve()}"
-
-
-def test_sqlite_wait_returns_soon_after_another_store_on_the_file_puts_the_key(tmp_path: Path) -> None:
-    url = store_file_url(tmp_path)
-    with (
-        closing(open_store(url)) as waiter,
-        closing(open_store(url)) as writer,
-        ThreadPoolExecutor(1) as pool,
-    ):
+@on_stores_shared_by_url
+def test_wait_returns_soon_after_another_store_on_the_url_puts_the_key(store: Store) -> None:
+    with handles(store, 2) as (waiter, writer), ThreadPoolExecutor(1) as pool:
         put_at = pool.submit(put_later, writer, "key", b"value")
         value = waiter.wait("key", 5.0)
         returned_at = time.monotonic()
@@ -420,12 +414,10 @@ def test_sqlite_wait_returns_soon_after_another_store_on_the_file_puts_the_key(t
         assert returned_at < put_at.result() + GRACE_S
 
 
-def test_sqlite_wait_notices_a_put_that_lands_just_after_its_first_look(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A put committed between wait()'s look at the key and the start of its waiting must wake it."""
-    url = store_file_url(tmp_path)
-    with closing(open_store(url)) as waiter, closing(open_store(url)) as writer:
+@on_stores_shared_by_url
+def test_wait_notices_a_put_that_lands_just_after_its_first_look(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put by another process between wait()'s look at the key and the start of its waiting must wake it."""
+    with handles(store, 2) as (waiter, writer):
         first_get = waiter.get
         looks = 0
 

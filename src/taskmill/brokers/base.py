@@ -6,7 +6,7 @@ actors or the envelope. Every backend honours the same semantics (tests/contract
 - ``publish`` makes records durable before it returns; a record with ``delay_ms`` becomes
   fetchable ``delay_ms`` after the broker received it, measured on the broker's clock. Publishing
   an id that is still queued (ready, delayed or leased) does nothing: producers may retry safely.
-- ``fetch`` hands out fetchable records, highest ``priority`` first, then oldest first, each under
+- ``fetch`` hands out fetchable records, highest ``priority`` (0-9) first, then oldest first, each under
   a lease of ``lease_ms`` with a fresh fencing ``token``, and counts the delivery in the broker.
 - A delivery whose lease ran out becomes fetchable again (deliveries + 1). When such a record has
   already been delivered ``max_deliveries`` times, the broker dead-letters it with the reason

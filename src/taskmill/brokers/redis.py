@@ -205,7 +205,7 @@ class RedisBroker(Broker):
                     detail.get("error_message", ""),
                     detail.get("traceback", ""),
                     int(detail.get("deliveries", 0)),
-                    int(score),
+                    int(score) // 1000,  # scored in microseconds
                 )
             )
         return letters

@@ -13,6 +13,8 @@ __all__ = ["Store", "default_store_url", "open_store"]
 _BACKENDS = {
     "memory": "taskmill.results.memory:MemoryStore",
     "sqlite": "taskmill.results.sqlite:SQLiteStore",
+    "redis": "taskmill.results.redis:RedisStore",
+    "rediss": "taskmill.results.redis:RedisStore",
 }
 
 
@@ -23,5 +25,5 @@ def open_store(url: str) -> Store:
 
 
 def default_store_url(broker_url: str) -> str | None:
-    """The broker's own URL when its backend also keeps results (sqlite, memory), else None."""
+    """The broker's own URL when its backend also keeps results (memory, sqlite, redis), else None."""
     return broker_url if urlsplit(broker_url).scheme in _BACKENDS else None

@@ -2,13 +2,26 @@
 -- Per queue, KEYS come in groups of 9, in this order:
 --   ready (zset, score = (9 - priority) * 2^40 + seq), delayed (zset, score = run-at ms),
 --   leased (zset, score = lease expiry ms), body (hash id -> body), meta (hash id -> "prio|seq|deliveries|token"),
---   dead (zset, score = dead-at ms), deadinfo (hash id -> JSON), deadbody (hash id -> body), seq (counter)
+--   dead (zset, score = dead-at in microseconds), deadinfo (hash id -> JSON), deadbody (hash id -> body), seq (counter)
 local GROUP = 9
 local SEQ_SPAN = 1099511627776  -- 2^40: seq stays below it, so priority always dominates the score
 
-local function now_ms()
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function now_ms()
+  return math.floor(now_us() / 1000)
+end
+
+-- Dead letters are scored in microseconds, one apart within a script, so "newest first" is exact.
+local dead_clock = 0
+local function dead_score()
+  local t = now_us()
+  if t <= dead_clock then t = dead_clock + 1 end
+  dead_clock = t
+  return t
 end
 
 local function queue_keys(index)
@@ -46,13 +59,13 @@ local function forget(k, id)
   redis.call('HDEL', k.meta, id)
 end
 
-local function bury(k, id, m, reason, error_type, error_message, traceback, now)
+local function bury(k, id, m, reason, error_type, error_message, traceback)
   local body = redis.call('HGET', k.body, id)
   forget(k, id)
   redis.call('HSET', k.deadbody, id, body or '')
   redis.call('HSET', k.deadinfo, id, cjson.encode({reason = reason, error_type = error_type,
     error_message = error_message, traceback = traceback, deliveries = m.deliveries, priority = m.prio}))
-  redis.call('ZADD', k.dead, now, id)
+  redis.call('ZADD', k.dead, dead_score(), id)
 end
 
 -- The caller holds the message if its token matches (leased, or lease expired and not re-fetched).

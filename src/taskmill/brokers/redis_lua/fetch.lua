@@ -29,13 +29,13 @@ for q = 1, n_queues do
     if not m then
       redis.call('ZREM', k.leased, id)
     elseif m.deliveries >= max_deliveries then
-      bury(k, id, m, 'delivery_limit', '', 'lease expired too often', '', now)
+      bury(k, id, m, 'delivery_limit', '', 'lease expired too often', '')
     else  -- back to ready; the token stays, so a late holder may still settle it until re-fetched
       redis.call('ZREM', k.leased, id)
       redis.call('ZADD', k.ready, ready_score(m), id)
     end
   end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.dead, '-inf', now - retention, 'LIMIT', 0, 100)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k.dead, '-inf', (now - retention) * 1000, 'LIMIT', 0, 100)) do
     redis.call('ZREM', k.dead, id)
     redis.call('HDEL', k.deadinfo, id)
     redis.call('HDEL', k.deadbody, id)

@@ -11,7 +11,7 @@ if op == 'extend' then
   redis.call('ZREM', k.ready, id)
   redis.call('ZADD', k.leased, now + tonumber(ARGV[4]), id)
 elseif op == 'dead' then
-  bury(k, id, m, ARGV[4], ARGV[5], ARGV[6], ARGV[7], now)
+  bury(k, id, m, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 else
   redis.call('ZREM', k.leased, id)
   redis.call('ZREM', k.ready, id)
