@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from taskmill.errors import ArgumentsError
+from taskmill.errors import ArgumentsError, InvalidOptionError
 from taskmill.message import Message
 from taskmill.options import ActorOptions, check_message_id, check_priority, check_queue, delay_ms
 
@@ -82,7 +82,10 @@ class Actor(Generic[P, R]):
         options: dict[str, Any] = {}
         for key, callback in (("on_success", on_success), ("on_failure", on_failure)):
             if callback is not None:
-                options[key] = callback.name if isinstance(callback, Actor) else callback
+                name = callback.name if isinstance(callback, Actor) else callback
+                if not isinstance(name, str) or not name:
+                    raise InvalidOptionError(f"{key} must be an actor or an actor's name, not {callback!r}")
+                options[key] = name
         if pipe_ignore:
             options["pipe_ignore"] = True
         return Message(
@@ -106,7 +109,6 @@ class Actor(Generic[P, R]):
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> Message:
         """Enqueue a call of this actor; returns the sent Message."""
-        self.check_arguments(args, kwargs)
         return self.app.enqueue([self.message_with_options(args=args, kwargs=kwargs)])[0]
 
     def send_with_options(
@@ -134,5 +136,4 @@ class Actor(Generic[P, R]):
             on_success=on_success,
             on_failure=on_failure,
         )
-        self.check_arguments(message.args, message.kwargs)
         return self.app.enqueue([message])[0]

@@ -17,6 +17,7 @@ from taskmill.middleware import Middleware
 from taskmill.middleware.results import Results
 from taskmill.options import ActorOptions
 from taskmill.results import Store, default_store_url, open_store
+from taskmill.results.base import FOREVER
 from taskmill.results.records import read_record, result_key
 from taskmill.workflows.middleware import Workflows
 
@@ -130,7 +131,8 @@ class App:
         if self._store is None:
             with self._open_lock:
                 if self._store is None:
-                    url = self.settings.results_url or default_store_url(self.settings.broker_url)
+                    broker_url = self._broker.url if self._broker is not None else self.settings.broker_url
+                    url = self.settings.results_url or default_store_url(broker_url)
                     if not url:
                         raise ConfigurationError(
                             f"{self.settings.broker_url.split(':')[0]}:// keeps no results; "
@@ -140,11 +142,11 @@ class App:
         return self._store
 
     def get_result(self, message: Message | str, timeout: float | None = None) -> Any:
-        """The result of a message (or message id), waiting up to ``timeout`` s (None: don't wait).
+        """The result of a message (or message id), waiting up to ``timeout`` s (None: no limit; 0: no wait).
 
-        Raises ResultTimeout when it is not there in time (after waiting), ResultMissing when it
-        is not stored (at once, without waiting, when the actor does not store results), and
-        TaskFailed when the task failed for good.
+        Raises ResultTimeout when it does not come in time, ResultMissing when it is not there and
+        ``timeout`` is 0 (or at once when the actor does not store results), and TaskFailed when
+        the task failed for good.
         """
         if isinstance(message, Message):
             actor = self.actors.get(message.actor)
@@ -152,11 +154,14 @@ class App:
                 raise ResultMissing(f"actor {actor.name!r} does not store results; give it store_results=True")
         message_id = message.id if isinstance(message, Message) else message
         key = result_key(message_id)
-        data = self.store.get(key) if not timeout else self.store.wait(key, timeout)
-        if data is None:
-            if timeout:
+        if timeout == 0:
+            data = self.store.get(key)
+            if data is None:
+                raise ResultMissing(f"no result stored for message {message_id} (not done yet, not stored, or expired)")
+        else:
+            data = self.store.wait(key, FOREVER if timeout is None else timeout)
+            if data is None:
                 raise ResultTimeout(f"no result for message {message_id} within {timeout} s")
-            raise ResultMissing(f"no result stored for message {message_id} (not stored, not done, or expired)")
         return read_record(message_id, data)
 
     def stores_results(self, options: ActorOptions, message: Message) -> bool:
@@ -220,6 +225,12 @@ class App:
         limit = self.settings.max_payload_bytes
         for original in messages:
             message = original
+            actor = self.actors.get(message.actor)
+            if actor is not None:
+                actor.check_arguments(message.args, message.kwargs)
+                if self.stores_results(actor.options, message) and not message.options.get("store_result"):
+                    # the producer's choice travels, so even a worker without this actor stores the outcome
+                    message = dataclasses.replace(message, options={**message.options, "store_result": True})
             for mw in self.middleware:
                 message = mw.before_enqueue(self, message)
             body = message.encode(limit)

@@ -4,7 +4,7 @@
 
     TaskmillError
     ├── ConfigurationError          a bad setting, URL or actor option
-    │   ├── UnknownOptionError      an actor/send option nobody declared
+    │   ├── UnknownOptionError      an actor option nobody declared
     │   └── InvalidOptionError      a known option with a value out of range
     ├── ActorNotFound               no actor of that name is registered
     ├── MessageError                a message that cannot travel

@@ -50,7 +50,10 @@ class Message:
     app: Any = field(default=None, compare=False, repr=False)  # the App that sent it, for result()
 
     def result(self, timeout: float | None = None) -> Any:
-        """The actor's return value, waiting up to ``timeout`` s; raises the ResultError family."""
+        """The actor's return value, waiting up to ``timeout`` s (None: no limit; 0: no wait).
+
+        Raises ResultTimeout, ResultMissing or TaskFailed (see ``App.get_result``).
+        """
         if self.app is None:
             raise ResultMissing(f"message {self.id} was not sent through an App; it has no result to fetch")
         return self.app.get_result(self, timeout)

@@ -307,17 +307,17 @@ def test_a_body_over_the_payload_cap_is_dead_lettered_unread(broker: Broker) -> 
         worker.stop(grace=5)
 
 
-def test_a_broken_after_process_hook_still_settles_the_message(broker: Broker) -> None:
+def test_a_failing_after_process_hook_fails_the_attempt_which_is_retried_then_dead_lettered(broker: Broker) -> None:
     from taskmill import Message, Middleware
 
     class Broken(Middleware):
         def after_process(self, app: App, message: Message, *, result: Any, exception: BaseException | None) -> None:
-            raise RuntimeError("hook bug")
+            raise RuntimeError("result store down")
 
     app = App(broker=broker, middleware=[Broken()])
     runs: list[int] = []
 
-    @app.actor
+    @app.actor(max_retries=2, min_backoff=0.01, max_backoff=0.02)
     def job() -> None:
         runs.append(1)
 
@@ -325,10 +325,12 @@ def test_a_broken_after_process_hook_still_settles_the_message(broker: Broker) -
     worker = Worker(app, threads=1)
     worker.start()
     try:
-        wait_for(lambda: runs == [1] and broker.stats()[0].in_flight == 0 and broker.stats()[0].ready == 0)
+        wait_for(lambda: bool(broker.dead_letters()))
     finally:
         worker.stop(grace=5)
-    assert runs == [1]
+    assert runs == [1, 1, 1]
+    dead = broker.dead_letters()[0]
+    assert (dead.error_type, dead.error_message) == ("RuntimeError", "result store down")
 
 
 def test_time_limit_dead_letters_say_what_the_limit_was(app: App, start_worker: Callable[..., Worker]) -> None:

@@ -121,7 +121,7 @@ def test_result_that_expired_raises_result_missing(broker: Broker) -> None:
         assert message.result(timeout=10) == 1
         time.sleep(0.3)
         with pytest.raises(ResultMissing):
-            message.result()
+            message.result(timeout=0)
     finally:
         w.stop(grace=5)
 
@@ -273,3 +273,86 @@ def test_a_pipeline_whose_first_step_lacks_arguments_is_refused_at_run(app: App)
         pipeline([square.message(), square.message()]).run()
     with pytest.raises(ArgumentsError):
         group([square.message()]).run()
+
+
+def test_a_result_json_cannot_carry_fails_the_pipeline_at_that_step(app: App, worker: Callable[[], Worker]) -> None:
+    ran: list[str] = []
+
+    @app.actor
+    def make_set() -> set[int]:
+        return {1}
+
+    @app.actor
+    def after(value: object) -> None:
+        ran.append("after")
+
+    worker()
+    with pytest.raises(TaskFailed, match="EncodeError"):
+        (make_set.message() | after.message()).run().result(timeout=10)
+    assert ran == []
+    assert app.broker.dead_letters()[0].error_type == "EncodeError"
+
+
+def test_a_group_member_whose_result_json_cannot_carry_fires_on_failure(app: App, worker: Callable[[], Worker]) -> None:
+    fired: list[str] = []
+
+    @app.actor
+    def member(n: int) -> object:
+        return {n} if n == 1 else n
+
+    @app.actor
+    def note(tag: str) -> None:
+        fired.append(tag)
+
+    worker()
+    group([member.message(n) for n in range(3)], on_complete=note.message("ok"), on_failure=note.message("bad")).run()
+    wait_for(lambda: fired == ["bad"])
+
+
+def test_a_worker_without_the_actor_still_records_the_failure_for_the_producer(
+    app: App, worker: Callable[[], Worker]
+) -> None:
+    producer = App(broker=app.broker, results=app.store)
+
+    @producer.actor(store_results=True)
+    def only_the_producer_knows() -> int:
+        return 1
+
+    worker()
+    with pytest.raises(TaskFailed, match=r"unknown_actor|ActorNotFound"):
+        only_the_producer_knows.send().result(timeout=10)
+
+
+def test_callbacks_work_for_the_longest_message_ids(app: App, worker: Callable[[], Worker]) -> None:
+    seen: list[int] = []
+
+    @app.actor
+    def got(result: int) -> None:
+        seen.append(result)
+
+    @app.actor(on_success=got)
+    def compute() -> int:
+        return 5
+
+    worker()
+    compute.send_with_options(message_id="x" * 200)
+    wait_for(lambda: seen == [5])
+
+
+def test_result_without_waiting_is_missing_until_done(app: App) -> None:
+    @app.actor(store_results=True)
+    def later() -> None: ...
+
+    with pytest.raises(ResultMissing):
+        later.send().result(timeout=0)
+
+
+def test_enqueueing_a_message_with_partial_arguments_is_refused(app: App) -> None:
+    from taskmill import ArgumentsError
+
+    @app.actor
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with pytest.raises(ArgumentsError):
+        app.enqueue([add.message(1)])

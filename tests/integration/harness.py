@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ from ledger import Ledger
 
 from taskmill import App, Message
 from taskmill.brokers import QueueStats
+
+REDIS_SERVER = "redis-server"
 
 HERE = Path(__file__).resolve().parent
 RUN_ENV = "TASKMILL_TEST_RUN"
@@ -260,3 +264,105 @@ def workers_for(tmp_path: Path, broker_url: str, ledger_path: Path) -> Iterator[
         yield workers
     finally:
         workers.cleanup()
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a loopback port, with AOF fsynced on every write, that a test
+    can SIGKILL and start again on the same port and directory (the AOF keeps the data)."""
+
+    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None) -> None:
+        found = binary or shutil.which(REDIS_SERVER)
+        if found is None:
+            raise FileNotFoundError(f"{REDIS_SERVER} is not on PATH")
+        self.binary = found
+        self.directory = directory
+        self.port = port if port is not None else free_port()
+        self.marker = uuid.uuid4().hex
+        self.log_path = directory / "redis-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def url(self, prefix: str, db: int = 0) -> str:
+        """A ``redis://`` URL on this server with a key prefix."""
+        return f"redis://127.0.0.1:{self.port}/{db}?prefix={prefix}"
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's pid, or None."""
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+    def start(self, timeout: float = 20) -> float:
+        """Start the server (it must not be running) and block until it answers PING with its data
+        loaded; returns the ``time.time()`` at which it first did."""
+        assert self.pid is None, "redis-server is running already"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, RUN_ENV: self.marker},
+                start_new_session=True,  # Ctrl-C on pytest does not reach it; stop() does
+            )
+        self.starts += 1
+        return wait_until(self._answers, timeout, f"redis-server on port {self.port} to answer PING")
+
+    def _answers(self) -> float | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"redis-server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return time.time() if client.ping() else None
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return None
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it: no shutdown, no final AOF rewrite."""
+        if self.process is None:
+            return
+        kill_quietly(self.process.pid)
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self, timeout: float = 20) -> float:
+        """Start again on the same port and directory; returns when it answers (see ``start``)."""
+        self.kill()
+        return self.start(timeout)
+
+    def ensure_running(self) -> None:
+        """Start the server if a test left it down."""
+        if self.pid is None:
+            self.start()
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Kill the server and anything else that carries its marker."""
+        self.kill()
+        for pid in pids_with_marker(self.marker):
+            kill_quietly(pid)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-from taskmill.errors import EncodeError
 from taskmill.middleware.base import Middleware
 from taskmill.results.records import failure_record, result_key, success_record
 
@@ -16,8 +14,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Results"]
 
-log = logging.getLogger("taskmill.results")
-
 
 class Results(Middleware):
     """Stores results of actors with ``store_results`` (and workflow steps) before the message is acked."""
@@ -25,14 +21,7 @@ class Results(Middleware):
     def after_process(self, app: App, message: Message, *, result: Any, exception: BaseException | None) -> None:
         if exception is not None or not _wanted(app, message):
             return  # a failure is stored only when it is final, in before_dead_letter
-        try:
-            record = success_record(result)
-        except EncodeError as exc:
-            log.warning(
-                "message %s: the result of %s is not JSON (%s); storing a failure", message.id, message.actor, exc
-            )
-            record = failure_record("EncodeError", f"the result of {message.actor} cannot be stored as JSON: {exc}", "")
-        app.store.put(result_key(message.id), record, _ttl_ms(app))
+        app.store.put(result_key(message.id), success_record(result), _ttl_ms(app))  # the worker checked it is JSON
 
     def before_dead_letter(self, app: App, message: Message | None, failure: Failure) -> None:
         if message is None or not _wanted(app, message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from taskmill.errors import Retry
+from taskmill.errors import EncodeError, Retry
 from taskmill.options import ActorOptions
 
 __all__ = ["backoff", "retry_delay"]
@@ -22,8 +22,8 @@ def retry_delay(options: ActorOptions, attempt: int, error: BaseException) -> fl
     ``attempt`` counts deliveries, this one included. ``throws`` never retry; ``retry_when`` decides
     instead of ``max_retries`` when given; ``Retry(delay=...)`` picks its own delay but still counts.
     """
-    if options.throws and isinstance(error, options.throws):
-        return None
+    if isinstance(error, EncodeError) or (options.throws and isinstance(error, options.throws)):
+        return None  # a result JSON cannot carry fails the same way every time
     if options.retry_when is not None:
         if not options.retry_when(error, attempt):
             return None

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import abc
 
-__all__ = ["Store"]
+__all__ = ["FOREVER", "Store"]
+
+FOREVER = 365 * 86400.0  # what "no timeout" waits: long enough, and finite for every lock and socket
 
 
 class Store(abc.ABC):

@@ -14,6 +14,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskmill import encoding
 from taskmill.brokers.base import Failure
 from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
@@ -123,6 +124,8 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
             outcome.result = _run_coroutine(_limited(called, actor.options.time_limit))
         else:
             outcome.result = called
+        if result_travels(app, message):
+            encoding.validate(outcome.result)  # stored or passed on: refuse what JSON cannot carry, here
     except (Exception, SystemExit) as exc:  # noqa: BLE001 -- an actor's error is data: retried or dead-lettered
         if isinstance(exc, TimeLimitExceeded) and not str(exc):  # raised by class from the watchdog
             exc = TimeLimitExceeded(f"ran longer than its time_limit of {actor.options.time_limit} s")
@@ -131,9 +134,20 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
     for mw in reversed(app.middleware):
         try:
             mw.after_process(app, message, result=outcome.result, exception=outcome.error)
-        except Exception:  # a broken hook must not keep the message from being settled
+        except Exception as exc:  # e.g. the result store is down: retry the message rather than lose its result
             log.exception("middleware %s failed in after_process for message %s", type(mw).__name__, message.id)
+            if outcome.error is None:
+                outcome.error = exc
     return outcome
+
+
+def result_travels(app: App, message: Message) -> bool:
+    """Whether the return value leaves the worker: stored, piped to a next step or sent to a callback."""
+    actor = app.actors.get(message.actor)
+    options = message.options
+    if "pipe" in options or "group" in options or "on_success" in options:
+        return True
+    return actor is not None and (actor.options.on_success is not None or app.stores_results(actor.options, message))
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -7,8 +7,9 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from taskmill.errors import ConfigurationError, ResultTimeout
+from taskmill.errors import ConfigurationError, ResultMissing, ResultTimeout
 from taskmill.message import Message, new_message_id
+from taskmill.results.base import FOREVER
 from taskmill.results.records import read_record, result_key
 from taskmill.workflows.pipeline import Pipeline
 
@@ -59,22 +60,23 @@ class Group:
         return self
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every member finished; ResultTimeout after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Block until every member finished (None: no limit; 0: no wait); ResultTimeout if they did not."""
+        deadline = time.monotonic() + (FOREVER if timeout is None else timeout)
         store = self.app.store
         for member_id in self.member_ids:
-            remaining = 365 * 86400.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0 or store.wait(result_key(member_id), remaining) is None:
+            remaining = deadline - time.monotonic()
+            found = store.get(result_key(member_id)) if remaining <= 0 else store.wait(result_key(member_id), remaining)
+            if found is None:
                 raise ResultTimeout(f"group {self.id} did not finish within {timeout} s")
 
     def results(self, timeout: float | None = None) -> list[Any]:
-        """Every member's result in order (waiting up to ``timeout``); TaskFailed for a failed member."""
+        """Every member's result in order (waiting as ``wait`` does); TaskFailed for a failed member."""
         self.wait(timeout)
         values = []
         for member_id in self.member_ids:
             data = self.app.store.get(result_key(member_id))
             if data is None:
-                raise ResultTimeout(f"the result of group member {member_id} expired")
+                raise ResultMissing(f"the result of group member {member_id} expired")
             values.append(read_record(member_id, data))
         return values
 

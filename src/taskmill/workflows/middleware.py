@@ -9,6 +9,7 @@ finished members reaches the group's size, and a marker keeps it from firing aga
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,8 @@ def _callback(app: App, message: Message, kind: str, argument: Any) -> Message |
     if target is None:
         log.error("message %s: %s callback %r is not a registered actor", message.id, kind, name)
         return None
-    return target.message_with_options(args=(argument,), message_id=f"{message.id}-{kind}")
+    follow_up_id = hashlib.sha256(f"{message.id}\0{kind}".encode()).hexdigest()[:32]  # fixed: re-sends dedupe
+    return target.message_with_options(args=(argument,), message_id=follow_up_id)
 
 
 def _member_finished(app: App, message: Message, *, failed: bool) -> None:

@@ -59,9 +59,6 @@ class Pipeline:
         ]
         rest = [step.to_envelope() for step in linked[1:]]
         first = linked[0]
-        actor = self.app.actors.get(first.actor)
-        if actor is not None:
-            actor.check_arguments(first.args, first.kwargs)  # the first step gets no piped result
         return dataclasses.replace(first, options={**first.options, "pipe": rest}) if rest else first
 
     def run(self) -> Pipeline:

@@ -1,0 +1,357 @@
+"""F1, F3, F7/F8 and F17 on Redis: worker SIGKILL, a SIGSTOPped lease holder, Redis itself killed
+and restarted (AOF on), and a process-killing message.
+
+Every test here runs on a private ``redis-server`` this module starts on a free loopback port (with
+``appendfsync always``, so an acknowledged write survives a SIGKILL of the server), each test under
+a key prefix of its own. The shared ``producer`` and ``workers`` fixtures use it through the
+``broker_url`` override below.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from harness import (
+    REDIS_SERVER,
+    RedisServer,
+    WorkerProcess,
+    Workers,
+    is_alive,
+    new_key,
+    record_messages,
+    totals,
+    wait_completed,
+    wait_drained,
+    wait_until,
+)
+from ledger import Ledger, Report
+
+from taskmill import App, BrokerUnavailable
+
+pytestmark = pytest.mark.slow
+
+
+def _no_redis(problem: str) -> NoReturn:
+    if os.environ.get("CI") == "true":  # CI must never skip a missing server
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (AOF, fsync always) for this module; killed when the module ends."""
+    if shutil.which(REDIS_SERVER) is None:
+        _no_redis(f"{REDIS_SERVER} is not installed")
+    try:
+        import redis  # noqa: F401 -- the broker needs it
+    except ImportError:
+        _no_redis("the redis package is not installed: pip install -e '.[dev]'")
+    server = RedisServer(tmp_path_factory.mktemp("redis-server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def broker_url(redis_server: RedisServer) -> str:
+    """This test's own key prefix on the private server (restarted first if a test left it down)."""
+    redis_server.ensure_running()
+    return redis_server.url(f"tmfault-{uuid.uuid4().hex}")
+
+
+def prefix_keys(server: RedisServer, url: str) -> set[str]:
+    """Every key under the URL's prefix, read straight from Redis (not through the broker)."""
+    import redis
+
+    prefix = url.rsplit("prefix=", 1)[1]
+    with redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5) as client:
+        return {key.decode() for key in client.scan_iter(match=f"{prefix}:*", count=1000)}
+
+
+def assert_clean(report: Report) -> None:
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected == frozenset(), report.summary()
+
+
+# -- F1: SIGKILL worker children mid-task ------------------------------------------------------
+KILL_MESSAGES = 500
+KILLS = 3
+KILL_THREADS = 4
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_children_lose_nothing_on_redis(workers: Workers, ledger: Ledger, producer: App) -> None:
+    ledger.enqueue(producer, record_messages(producer, KILL_MESSAGES))
+    worker = workers.worker(
+        "--grace",
+        "10",
+        processes=2,
+        threads=KILL_THREADS,
+        env={"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "40-80"},
+    )
+    worker.wait_children(2)
+    wait_completed(ledger, 20, 20)
+
+    killed: list[int] = []
+    in_flight_at_kills = 0
+    for _ in range(KILLS):
+        children = worker.wait_children(2, without=killed)
+        busy = {e.pid for e in ledger.running()} & set(children)
+        victim = random.choice(sorted(busy or children))
+        assert ledger.completed_count() < KILL_MESSAGES, "the run finished before every kill; slow the actor down"
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+        in_flight_at_kills += totals(producer).in_flight  # the victim's leases stay counted until they expire
+        worker.wait_children(2, without=killed)
+        wait_completed(ledger, min(ledger.completed_count() + 10, KILL_MESSAGES), 20)
+
+    wait_completed(ledger, KILL_MESSAGES, 40)
+    report = ledger.check(killed_pids=killed)
+    print(f"\nF1 redis: {report.summary()} kills={len(killed)} in_flight_at_kills={in_flight_at_kills}")
+    assert_clean(report)
+    assert report.unexplained == (), report.summary()
+    assert report.dup <= in_flight_at_kills, report.summary()
+    assert report.completed == KILL_MESSAGES
+    assert wait_drained(producer).dead == 0
+    assert worker.output().count("exited with code -9; restarting it") == KILLS
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
+# -- F3: a SIGSTOPped holder loses its lease; its late ack is refused ---------------------------
+LEASE_S = 1.0
+SLOW_TASK_MS = "2000"
+
+
+@pytest.mark.timeout(60)
+def test_sigstopped_holder_loses_its_lease_and_its_late_ack_is_refused(
+    workers: Workers, ledger: Ledger, producer: App, redis_server: RedisServer, broker_url: str
+) -> None:
+    lease = {"TASKMILL_LEASE_SECONDS": str(LEASE_S)}
+    (key,) = ledger.enqueue(producer, record_messages(producer, 1))
+    stale = workers.worker(processes=1, threads=1, env={**lease, "TASKMILL_TEST_TASK_MS": SLOW_TASK_MS})
+    (stale_pid,) = stale.wait_children(1)
+    wait_until(lambda: [e for e in ledger.running() if e.pid == stale_pid], 20, "the message to start")
+
+    os.kill(stale_pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        fresh = workers.worker(processes=1, threads=1, env={**lease, "TASKMILL_TEST_TASK_MS": "200"})
+        (fresh_pid,) = fresh.wait_children(1)
+        wait_until(
+            lambda: [e for e in ledger.executions() if e.pid == fresh_pid and e.ended is not None],
+            20,
+            "the message to run again on the second worker",
+        )
+        assert wait_drained(producer).dead == 0  # the re-run is acked while the stale holder is still stopped
+        # Fault duration, not an assertion: keep the holder stopped for 3x its lease in all.
+        wait_until(lambda: time.monotonic() - stopped_at >= 3 * LEASE_S, 10, "3x the lease to pass")
+    finally:
+        os.kill(stale_pid, signal.SIGCONT)
+
+    stale.wait_for_output(f"message {key}: lease lost before its ack")
+    wait_until(lambda: all(e.ended is not None for e in ledger.executions()), 10, "the stale run to end")
+
+    first, second = ledger.executions()
+    assert (first.id, first.attempt, first.pid) == (key, 1, stale_pid)
+    assert (second.id, second.attempt, second.pid) == (key, 2, fresh_pid)
+    assert first.ended is not None
+    assert second.ended is not None
+    assert first.started < second.started < first.ended, "the re-run began while the stopped holder still had it"
+    assert second.ended < first.ended, "the re-run finished (and was acked) before the stale holder woke"
+
+    report = ledger.check(killed_pids={stale_pid})
+    print(f"\nF3 redis: {report.summary()} stale_completions_refused=1/1")
+    assert_clean(report)
+    assert (report.executions, report.dup, report.unexplained) == (2, 1, ()), report.summary()
+    counts = totals(producer)
+    assert (counts.ready, counts.delayed, counts.in_flight, counts.dead) == (0, 0, 0, 0)
+    assert producer.broker.dead_letters() == []
+    prefix = broker_url.rsplit("prefix=", 1)[1]
+    # The message's body, meta and lease are gone: only the queue registry and the sequence remain.
+    assert prefix_keys(redis_server, broker_url) == {f"{prefix}:queues", f"{prefix}:{{default}}:seq"}
+
+    # No error loop: the woken worker logged the refusal a bounded number of times, kept its process,
+    # and still works (the second worker is stopped first, so the follow-up can only run on it).
+    fresh.signal(signal.SIGTERM)
+    assert fresh.wait(15) == 0
+    (follow_up,) = ledger.enqueue(producer, record_messages(producer, 1))
+    wait_until(
+        lambda: [e for e in ledger.executions() if e.id == follow_up and e.ended is not None],
+        20,
+        "the follow-up message to complete on the woken worker",
+    )
+    assert [e.pid for e in ledger.executions() if e.id == follow_up] == [stale_pid]
+    assert stale.children() == [stale_pid]
+    wait_drained(producer)
+    output = stale.output()
+    assert output.count("lease lost") <= 2, output
+    assert output.count("Traceback") == 0, output
+
+    stale.signal(signal.SIGTERM)
+    assert stale.wait(15) == 0
+
+
+# -- F7/F8: Redis SIGKILLed and restarted under a steady producer ------------------------------
+SENDS = 1000
+SEND_PAUSE_S = 0.004
+KILL_AFTER_OK = 300
+OUTAGE_S = 1.5
+FLOOD_LIMIT = 20
+ACK_MARGIN_S = 1.0  # an execution that ended this long before the kill had its ack sent long before
+
+
+@dataclass
+class SteadyProducer:
+    """Sends ``SENDS`` messages one at a time from a thread, recording each OK send in the ledger."""
+
+    app: App
+    ledger_path: Path
+    ok: list[tuple[str, float]] = field(default_factory=list)  # (id, time.time() when the send returned)
+    unavailable: list[tuple[str, float]] = field(default_factory=list)
+    other_errors: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        own = Ledger(self.ledger_path)  # SQLite connections belong to the thread that opened them
+        actor = self.app.get_actor("record")
+        try:
+            for _ in range(SENDS):
+                key = new_key()
+                try:
+                    self.app.enqueue([actor.message_with_options(args=(key,), message_id=key)])
+                except BrokerUnavailable:
+                    self.unavailable.append((key, time.time()))
+                except Exception as exc:
+                    self.other_errors.append(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+                else:
+                    own.record_enqueued([key])
+                    self.ok.append((key, time.time()))
+                time.sleep(SEND_PAUSE_S)
+        finally:
+            own.close()
+
+    def join(self, timeout: float) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the producer did not finish its sends"
+
+
+def wait_completed_or_show(ledger: Ledger, at_least: int, timeout: float, worker: WorkerProcess) -> None:
+    """``wait_completed``, with the worker's log tail in the failure message."""
+    try:
+        wait_completed(ledger, at_least, timeout)
+    except AssertionError as exc:
+        done = ledger.completed_count()
+        raise AssertionError(f"{exc} (got {done}); worker output tail:\n{worker.output()[-4000:]}") from None
+
+
+@pytest.mark.timeout(90)
+def test_worker_and_producer_ride_out_a_redis_kill_and_restart(
+    workers: Workers, ledger: Ledger, producer: App, redis_server: RedisServer
+) -> None:
+    worker = workers.worker(processes=1, threads=4, env={"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "5"})
+    children = worker.wait_children(1)
+    worker.wait_for_output("worker process started")
+    sender = SteadyProducer(producer, ledger.path)
+    sender.start()
+    wait_until(lambda: len(sender.ok) >= KILL_AFTER_OK, 30, f"{KILL_AFTER_OK} OK sends")
+    wait_completed(ledger, KILL_AFTER_OK // 2, 20)
+
+    killed_at = time.time()
+    redis_server.kill()
+    wait_until(lambda: time.time() - killed_at >= OUTAGE_S, 10, "the outage to last")  # fault duration
+    up_at = redis_server.start()
+
+    sender.join(60)
+    assert sender.other_errors == [], "a send failed with an untyped error"
+    enqueued = len(sender.ok)
+    wait_completed_or_show(ledger, enqueued, 30, worker)
+
+    runs = ledger.executions()
+    resumed = [e.started for e in runs if e.started >= up_at]
+    resume_s = min(resumed) - up_at if resumed else float("nan")
+    producer_resume_s = min((t for _, t in sender.ok if t >= up_at), default=float("nan")) - up_at
+    failed_ids = {key for key, _ in sender.unavailable}
+    report = ledger.check()
+    # A send that raised may still have reached Redis (killed after the write, before the reply): such an id is
+    # indeterminate, not unexpected. Anything else completed without an OK send would be.
+    landed_anyway = report.unexpected & failed_ids
+    in_flight_at_fault = {
+        e.id for e in runs if e.started < up_at and (e.ended is None or e.ended >= killed_at - ACK_MARGIN_S)
+    }
+    unexplained = [d.id for d in report.duplicates if d.id not in in_flight_at_fault]
+    flood = [line for line in worker.output().splitlines() if "broker unavailable" in line.lower()]
+    print(
+        f"\nF7 redis: {report.summary()} sends={SENDS} ok={enqueued} broker_unavailable={len(sender.unavailable)}"
+        f" failed_but_landed={len(landed_anyway)} worker_resume_s={resume_s:.3f}"
+        f" producer_resume_s={producer_resume_s:.3f} in_flight_at_fault={len(in_flight_at_fault)}"
+        f" dup={report.dup} broker_unavailable_log_lines={len(flood)}"
+    )
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected - failed_ids == frozenset(), report.summary()
+    assert report.completed == enqueued + len(landed_anyway)
+    assert unexplained == [], f"duplicates outside the fault window: {unexplained[:10]}"
+    assert resumed, "nothing ran after the restart"
+    assert worker.children() == children, "the worker process was restarted instead of reconnecting"
+    assert len(flood) <= FLOOD_LIMIT, "\n".join(flood)
+    assert wait_drained(producer, 15).dead == 0
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
+# -- F17: a process-killing message is dead-lettered after max_deliveries ----------------------
+HEALTHY = 200
+
+
+@pytest.mark.timeout(60)
+def test_process_killing_message_is_dead_lettered_after_max_deliveries_on_redis(
+    workers: Workers, ledger: Ledger, producer: App
+) -> None:
+    poison = new_key()
+    crash = producer.get_actor("crash")
+    ledger.enqueue(producer, [crash.message_with_options(args=(poison,), message_id=poison)])
+    ledger.enqueue(producer, record_messages(producer, HEALTHY))
+    env = {"TASKMILL_LEASE_SECONDS": "1", "TASKMILL_MAX_DELIVERIES": "3", "TASKMILL_TEST_TASK_MS": "10"}
+    worker = workers.worker(processes=2, threads=1, env=env)
+
+    wait_until(producer.broker.dead_letters, 40, "the poison message in the dead-letter queue")
+    wait_completed(ledger, HEALTHY, 30)
+    dead = producer.broker.dead_letters()
+    assert [(d.id, d.queue, d.reason, d.deliveries) for d in dead] == [(poison, "poison", "delivery_limit", 3)]
+    poison_runs = [e for e in ledger.executions() if e.id == poison]
+    assert [e.attempt for e in poison_runs] == [1, 2, 3]
+    assert all(e.ended is None for e in poison_runs)
+    crashed = {e.pid for e in poison_runs}
+    assert not any(is_alive(pid) for pid in crashed)
+
+    report = ledger.check(killed_pids=crashed, dead_letter_ids={poison})
+    print(f"\nF17 redis: {report.summary()} poison_deliveries={dead[0].deliveries}")
+    assert_clean(report)
+    assert report.completed == HEALTHY
+    assert [d.id for d in report.duplicates] == [poison], report.summary()  # no healthy message ran twice
+    counts = wait_drained(producer)
+    assert counts.dead == 1
+    assert worker.output().count("exited with code 1; restarting it") == 3
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
