@@ -644,3 +644,18 @@ def test_publishing_an_id_that_is_still_queued_does_nothing(broker: Broker) -> N
     assert delivery.body == b"first"
     broker.publish([Record(first.id, first.queue, b"third")])
     assert broker.fetch(DEFAULT, 10, 30_000) == []
+
+
+def test_the_fetching_instance_hands_over_what_the_crash_guard_buried(broker: Broker) -> None:
+    record = rec(body=b"poison")
+    broker.publish([record])
+    assert broker.take_buried() == []
+    for _ in range(broker.max_deliveries):
+        _, expiry = lease(broker, 200)
+        sleep_until(expiry)
+    assert fetch(broker) == []
+    [buried] = broker.take_buried()
+    assert (buried.id, buried.body, buried.reason, buried.deliveries) == (
+        record.id, b"poison", "delivery_limit", broker.max_deliveries,
+    )  # fmt: skip
+    assert broker.take_buried() == []

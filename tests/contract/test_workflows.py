@@ -356,3 +356,26 @@ def test_enqueueing_a_message_with_partial_arguments_is_refused(app: App) -> Non
 
     with pytest.raises(ArgumentsError):
         app.enqueue([add.message(1)])
+
+
+def test_a_message_the_crash_guard_buries_fails_its_result_and_its_group(
+    app: App, worker: Callable[[], Worker]
+) -> None:
+    fired: list[str] = []
+
+    @app.actor
+    def member(n: int) -> int:
+        return n
+
+    @app.actor
+    def note(tag: str) -> None:
+        fired.append(tag)
+
+    g = group([member.message(1)], on_complete=note.message("ok"), on_failure=note.message("bad")).run()
+    for _ in range(app.broker.max_deliveries):  # a consumer that dies holding it, again and again
+        wait_for(lambda: bool(app.broker.fetch([g.members[0].steps[0].queue], 1, 100)))
+        time.sleep(0.15)
+    worker()
+    with pytest.raises(TaskFailed, match="delivery_limit"):
+        g.results(timeout=10)
+    wait_for(lambda: fired == ["bad"])

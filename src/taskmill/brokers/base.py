@@ -10,7 +10,8 @@ actors or the envelope. Every backend honours the same semantics (tests/contract
   a lease of ``lease_ms`` with a fresh fencing ``token``, and counts the delivery in the broker.
 - A delivery whose lease ran out becomes fetchable again (deliveries + 1). When such a record has
   already been delivered ``max_deliveries`` times, the broker dead-letters it with the reason
-  ``delivery_limit`` instead, so a message that kills its worker cannot loop forever.
+  ``delivery_limit`` instead, so a message that kills its worker cannot loop forever; the fetching
+  instance hands those to ``take_buried`` so the worker can run its dead-letter hooks.
 - ``ack``, ``retry``, ``dead_letter`` and ``extend`` succeed only for the current holder: once
   another delivery of the message was fetched, the old token is refused (LeaseLost). A holder
   whose lease ran out but whose message nobody fetched yet may still settle it.
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 
 from taskmill.errors import LeaseLost
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+__all__ = ["DELIVERY_LIMIT_TEXT", "Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+
+DELIVERY_LIMIT_TEXT = "its lease expired too often: the message keeps killing or stalling its worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,12 @@ class Broker(abc.ABC):
     def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
         self.url = url
         self.max_deliveries = max_deliveries
+        self._buried: list[DeadLetter] = []
+
+    def take_buried(self) -> list[DeadLetter]:
+        """Messages this instance dead-lettered for ``delivery_limit`` while fetching, since the last call."""
+        buried, self._buried = self._buried, []
+        return buried
 
     @property
     def location(self) -> str:

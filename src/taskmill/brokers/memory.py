@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.errors import LeaseLost
 from taskmill.message import now_ms
 
@@ -65,7 +65,7 @@ class MemoryBroker(Broker):
                 if len(out) >= limit:
                     break
                 if entry.token is not None and entry.deliveries >= self.max_deliveries:
-                    self._bury(entry, Failure("delivery_limit", error_message="lease expired too often"))
+                    self._bury(entry, Failure("delivery_limit", error_message=DELIVERY_LIMIT_TEXT))
                     continue
                 entry.deliveries += 1
                 entry.token = uuid.uuid4().hex
@@ -222,6 +222,8 @@ class MemoryBroker(Broker):
         )  # fmt: skip
         self._dead.pop(record.id, None)
         self._dead[record.id] = (dead, failure)
+        if failure.reason == "delivery_limit":
+            self._buried.append(dead)
 
     def _select_dead(self, ids: Sequence[str] | None, queue: str | None) -> list[DeadLetter]:
         wanted = None if ids is None else set(ids)

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taskmill import encoding
-from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.errors import ConfigurationError, LeaseLost
 from taskmill.redis_conn import connect, translated
 
@@ -101,12 +101,28 @@ class RedisBroker(Broker):
         index = {queue: i + 1 for i, queue in enumerate(order)}
         keys = [key for queue in order for key in self._keys(queue)]
         limit = max(limit, 0) if queues else 0
-        args: list[Any] = [limit, lease_ms, self.max_deliveries, self.dead_retention_ms, len(acks)]
+        args: list[Any] = [limit, lease_ms, self.max_deliveries, self.dead_retention_ms, DELIVERY_LIMIT_TEXT, len(acks)]
         for delivery in acks:
             args.extend((index[delivery.queue], delivery.id, delivery.token))
         args.extend(uuid.uuid4().hex for _ in range(limit))
-        lost_positions, *rows = self._run("fetch", keys, args)
+        lost_positions, buried, *rows = self._run("fetch", keys, args)
         lost = [acks[position - 1] for position in lost_positions]
+        dead_at = int(time.time() * 1000)
+        self._buried.extend(
+            DeadLetter(
+                _text(b[1]),
+                order[int(b[0]) - 1],
+                bytes(b[2] or b""),
+                int(b[3]),
+                "delivery_limit",
+                "",
+                DELIVERY_LIMIT_TEXT,
+                "",
+                int(b[4]),
+                dead_at,
+            )
+            for b in buried
+        )
         fetched = [
             Delivery(_text(row[1]), order[int(row[0]) - 1], bytes(row[2]), int(row[3]), int(row[4]), _text(row[5]))
             for row in rows

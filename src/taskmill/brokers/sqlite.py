@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.errors import LeaseLost
 from taskmill.message import now_ms
 from taskmill.sqlite_db import Database, path_from_url
@@ -76,7 +76,22 @@ class SQLiteBroker(Broker):
             buried = 0
             for seq, message_id, queue, priority, deliveries, held_by, body in rows:
                 if held_by is not None and deliveries >= self.max_deliveries:
-                    self._bury(db, seq, Failure("delivery_limit", error_message="lease expired too often"))
+                    failure = Failure("delivery_limit", error_message=DELIVERY_LIMIT_TEXT)
+                    self._bury(db, seq, failure)
+                    self._buried.append(
+                        DeadLetter(
+                            message_id,
+                            queue,
+                            _as_bytes(body),
+                            priority,
+                            failure.reason,
+                            "",
+                            DELIVERY_LIMIT_TEXT,
+                            "",
+                            deliveries,
+                            now,
+                        )
+                    )
                     buried += 1
                     continue
                 token = uuid.uuid4().hex

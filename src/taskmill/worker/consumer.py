@@ -14,8 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskmill.brokers.base import Broker, Delivery, Failure
-from taskmill.errors import BrokerError, LeaseLost, TimeLimitExceeded
+from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure
+from taskmill.errors import BrokerError, DecodeError, LeaseLost, TimeLimitExceeded
+from taskmill.message import Message
 from taskmill.middleware.retries import retry_delay
 from taskmill.worker.executor import (
     EventLoopThread,
@@ -179,6 +180,8 @@ class Worker:
                 self._stopping.wait(pause)
                 continue
             _log_lost_acks(lost)
+            for dead in broker.take_buried():
+                self._buried(dead)
             if deliveries:
                 with self._changed:  # under the lock stop() waits with, so no batch slips past it
                     stopping = self._stopping.is_set()
@@ -322,14 +325,24 @@ class Worker:
                 return
 
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
-        for mw in reversed(self.app.middleware):  # before the broker call: a crash in between loses nothing
-            try:
-                mw.before_dead_letter(self.app, outcome.message, failure)
-            except Exception:
-                log.exception(
-                    "middleware %s failed in before_dead_letter for message %s", type(mw).__name__, delivery.id
-                )
+        self._dead_letter_hooks(delivery.id, outcome.message, failure)  # first: a crash in between loses nothing
         self.app.broker.dead_letter(delivery, failure)
+
+    def _buried(self, dead: DeadLetter) -> None:
+        """The broker's crash guard dead-lettered a message while fetching: run the hooks for it."""
+        try:
+            message: Message | None = Message.decode(dead.body)
+        except DecodeError:
+            message = None
+        log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
+        self._dead_letter_hooks(dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+
+    def _dead_letter_hooks(self, message_id: str, message: Message | None, failure: Failure) -> None:
+        for mw in reversed(self.app.middleware):
+            try:
+                mw.before_dead_letter(self.app, message, failure)
+            except Exception:
+                log.exception("middleware %s failed in before_dead_letter for %s", type(mw).__name__, message_id)
 
 
 def _log_lost_acks(lost: list[Delivery]) -> None:

@@ -1,13 +1,15 @@
 -- Ack, then lease up to `limit` messages across the queues, best priority first, then oldest.
--- KEYS: one group per queue. ARGV: limit, lease_ms, max_deliveries, dead_retention_ms, n_acks,
---   then (queue index, id, token) per ack, then `limit` fresh tokens.
--- Returns {lost ack positions (1-based), deliveries...} where each delivery is
---   {queue index, id, body, priority, deliveries, token}.
+-- KEYS: one group per queue. ARGV: limit, lease_ms, max_deliveries, dead_retention_ms, the
+--   delivery-limit text, n_acks, then (queue index, id, token) per ack, then `limit` fresh tokens.
+-- Returns {lost ack positions (1-based), buried, deliveries...} where each delivery is
+--   {queue index, id, body, priority, deliveries, token} and each buried one (dead-lettered for
+--   delivery_limit just now) {queue index, id, body, priority, deliveries}.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-local max_deliveries, retention, n_acks = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_deliveries, retention, limit_text = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n_acks = tonumber(ARGV[6])
 local now = now_ms()
-local lost = {}
-local pos = 6
+local lost, buried = {}, {}
+local pos = 7
 for a = 1, n_acks do
   local k = queue_keys(tonumber(ARGV[pos]))
   local id, token = ARGV[pos + 1], ARGV[pos + 2]
@@ -29,7 +31,8 @@ for q = 1, n_queues do
     if not m then
       redis.call('ZREM', k.leased, id)
     elseif m.deliveries >= max_deliveries then
-      bury(k, id, m, 'delivery_limit', '', 'lease expired too often', '')
+      table.insert(buried, {q, id, redis.call('HGET', k.body, id), m.prio, m.deliveries})
+      bury(k, id, m, 'delivery_limit', '', limit_text, '')
     else  -- back to ready; the token stays, so a late holder may still settle it until re-fetched
       redis.call('ZREM', k.leased, id)
       redis.call('ZADD', k.ready, ready_score(m), id)
@@ -42,7 +45,7 @@ for q = 1, n_queues do
   end
   if limit > 0 then heads[q] = redis.call('ZRANGE', k.ready, 0, limit - 1, 'WITHSCORES') end
 end
-local out = {lost}
+local out = {lost, buried}
 local cursor = {}
 for q = 1, n_queues do cursor[q] = 1 end
 for n = 1, limit do
