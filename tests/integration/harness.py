@@ -63,10 +63,13 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
-def record_messages(app: App, count: int) -> list[Message]:
-    """``count`` messages for the ``record`` actor, each keyed by its own message id."""
+def record_messages(app: App, count: int, *, queue: str | None = None) -> list[Message]:
+    """``count`` messages for the ``record`` actor, each keyed by its own message id (on ``queue``, if given)."""
     actor = app.get_actor("record")
-    return [actor.message_with_options(args=(key,), message_id=key) for key in (new_key() for _ in range(count))]
+    return [
+        actor.message_with_options(args=(key,), message_id=key, queue=queue)
+        for key in (new_key() for _ in range(count))
+    ]
 
 
 def totals(app: App) -> QueueStats:

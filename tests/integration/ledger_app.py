@@ -47,6 +47,21 @@ def make_app(broker_url: str | None = None) -> App:
                 raise RuntimeError("transient failure, try again")
             return len(payload)
 
+    @app.actor(store_results=True)
+    def square(key: str, n: int) -> int:
+        with ledger.execution(key):
+            time.sleep(task_seconds())
+            return n * n
+
+    @app.actor
+    def increment(n: int) -> int:
+        return n + 1
+
+    @app.actor
+    def group_done(key: str) -> None:
+        with ledger.execution(key):
+            pass
+
     return app
 
 
