@@ -6,11 +6,13 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from taskmill.brokers import Broker, Record, open_broker
+from taskmill.brokers.base import TRANSACTION
 from taskmill.errors import ActorNotFound, ConfigurationError, ResultMissing, ResultTimeout
 from taskmill.message import Message
 from taskmill.middleware import Middleware
@@ -169,6 +171,19 @@ class App:
         if message.options.get("store_result"):
             return True
         return self.settings.store_results if options.store_results is None else options.store_results
+
+    @contextmanager
+    def transaction(self, connection: Any) -> Iterator[None]:
+        """Inside this block, messages are written through ``connection`` (the application's own
+        database connection, in its open transaction): they exist only if that transaction commits.
+        Needs a broker that supports it (postgresql://)."""
+        if not self.broker.supports_transactions:
+            raise ConfigurationError(f"{self.broker.url.split(':')[0]}:// cannot join an application transaction")
+        token = TRANSACTION.set(connection)
+        try:
+            yield
+        finally:
+            TRANSACTION.reset(token)
 
     def close(self) -> None:
         """Close the broker's and the result store's connections."""

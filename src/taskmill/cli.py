@@ -227,6 +227,21 @@ def purge(app_spec: str | None, broker_url: str | None, queue: str) -> None:
     click.echo(f"purged {_open_app(app_spec, broker_url).broker.purge(queue)} message(s)")
 
 
+@cli.group()
+def db() -> None:
+    """Database schema commands (for brokers that keep one, such as postgresql://)."""
+
+
+@db.command("migrate")
+@_app_options
+def db_migrate(app_spec: str | None, broker_url: str | None) -> None:
+    """Apply the schema migrations the broker's database lacks (add ?auto_migrate=false to opt out of
+    applying them on startup)."""
+    app = _open_app(app_spec, broker_url)
+    applied = app.broker.migrate()
+    click.echo(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="taskmill")

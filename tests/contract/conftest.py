@@ -15,13 +15,14 @@ from taskmill.results import Store, open_store
 
 MAX_DELIVERIES = 3
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
+POSTGRES_TEST_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"  # sqlite:/// + an absolute path: four slashes in all
 
 
-def _no_redis(problem: str) -> NoReturn:
+def _no_server(problem: str) -> NoReturn:
     if os.environ.get("CI") == "true":  # CI must never skip a missing server
         pytest.fail(problem)
     pytest.skip(problem)
@@ -33,13 +34,13 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     try:
         import redis
     except ImportError:
-        _no_redis("the redis package is not installed: pip install -e '.[dev]'")
+        _no_server("the redis package is not installed: pip install -e '.[dev]'")
     client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2, socket_timeout=5)
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         client.close()
-        _no_redis(f"no Redis server at {REDIS_TEST_URL}: {exc}")
+        _no_server(f"no Redis server at {REDIS_TEST_URL}: {exc}")
     prefix = f"tmtest-{uuid.uuid4().hex}"
 
     def delete_keys() -> None:
@@ -52,6 +53,28 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return f"{REDIS_TEST_URL}?prefix={prefix}"
 
 
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """A URL on the test PostgreSQL database with a schema of this test's own (created by the migrations when
+    a broker or store opens it), dropped after it. With no server the test fails when CI is "true" and is
+    skipped elsewhere."""
+    try:
+        import psycopg
+    except ImportError:
+        _no_server("the psycopg package is not installed: pip install -e '.[dev]'")
+    try:
+        psycopg.connect(POSTGRES_TEST_URL, connect_timeout=2).close()
+    except psycopg.OperationalError as exc:
+        _no_server(f"no PostgreSQL server at {POSTGRES_TEST_URL}: {exc}")
+    schema = f"tmtest_{uuid.uuid4().hex}"
+
+    def drop_schema() -> None:
+        with psycopg.connect(POSTGRES_TEST_URL, connect_timeout=2, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+    request.addfinalizer(drop_schema)
+    return f"{POSTGRES_TEST_URL}?schema={schema}"
+
+
 # id -> a factory building a fresh, empty broker whose data (if any) lives under tmp_path, or under
 # a key prefix of the test's own that the request's finalizer clears.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Broker]] = {
@@ -60,6 +83,7 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Broker]] = {
         _sqlite_url(tmp_path.resolve() / "broker.db"), max_deliveries=MAX_DELIVERIES
     ),
     "redis": lambda request, tmp_path: open_broker(redis_url(request), max_deliveries=MAX_DELIVERIES),
+    "postgres": lambda request, tmp_path: open_broker(postgres_url(request), max_deliveries=MAX_DELIVERIES),
 }
 
 
@@ -77,6 +101,7 @@ STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Store]] = {
     "memory": lambda request, tmp_path: open_store("memory://"),
     "sqlite": lambda request, tmp_path: open_store(f"sqlite:///{(tmp_path / 'store.db').resolve()}"),
     "redis": lambda request, tmp_path: open_store(redis_url(request)),
+    "postgres": lambda request, tmp_path: open_store(postgres_url(request)),
 }
 
 

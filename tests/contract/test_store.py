@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from taskmill.results import Store, open_store
+from taskmill.results.postgres import PostgresStore
 from taskmill.results.redis import RedisStore
 from taskmill.results.sqlite import SQLiteStore
 
@@ -29,9 +30,9 @@ POLL_S = 0.02
 THREADS = 8
 
 # Backends where opening the same URL again reaches the same data, as another process would.
-SHARED_BY_URL: tuple[type[Store], ...] = (SQLiteStore, RedisStore)
+SHARED_BY_URL: tuple[type[Store], ...] = (SQLiteStore, RedisStore, PostgresStore)
 # Runs a test on just those backends (their ids in conftest's STORES).
-on_stores_shared_by_url = pytest.mark.parametrize("store", ["sqlite", "redis"], indirect=True)
+on_stores_shared_by_url = pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"], indirect=True)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ def timed(act: Callable[[], T]) -> tuple[T, float]:
 
 @contextmanager
 def handles(store: Store, count: int) -> Iterator[list[Store]]:
-    """``count`` handles on ``store``'s data, one per thread. Where the data is shared by URL (SQLite, Redis),
-    each is a store of its own on it, as separate processes would have; otherwise ``store`` itself."""
+    """``count`` handles on ``store``'s data, one per thread. Where the data is shared by URL (SQLite, Redis,
+    PostgreSQL), each is a store of its own on it, as separate processes would have; otherwise ``store`` itself."""
     if not isinstance(store, SHARED_BY_URL):
         yield [store] * count
         return
@@ -166,6 +167,31 @@ def test_wait_returns_soon_after_another_thread_puts_the_key(store: Store) -> No
         returned_at = time.monotonic()
         assert value == b"value"
         assert returned_at < put_at.result() + GRACE_S
+
+
+def test_a_wait_is_not_held_up_by_another_threads_wait_on_the_store(store: Store) -> None:
+    store.put("ready", b"value", LONG_TTL_MS)
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(store.wait, "missing", 3.0)
+        time.sleep(0.2)  # the other thread is waiting by now
+        value, took = timed(lambda: store.wait("ready", 5.0))
+        assert value == b"value"
+        assert took < GRACE_S
+        assert not other.done(), "the other wait returned early"
+        assert other.result() is None
+
+
+def test_threads_waiting_for_different_keys_each_return_soon_after_their_own_put(store: Store) -> None:
+    keys = [f"key-{index}" for index in range(4)]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        waits = [pool.submit(timed, lambda key=key: store.wait(key, 10.0)) for key in keys]
+        time.sleep(0.2)  # every thread is waiting by now
+        for index, key in enumerate(keys):
+            store.put(key, str(index).encode(), LONG_TTL_MS)
+            time.sleep(0.1)
+        results = [future.result() for future in waits]
+    assert [value for value, _ in results] == [str(index).encode() for index in range(len(keys))]
+    assert all(took < 0.2 + 0.1 * index + GRACE_S for index, (_, took) in enumerate(results))
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -401,7 +427,7 @@ def test_release_of_a_key_holding_a_value_fails_and_leaves_the_value(store: Stor
     assert store.get("key") == b"value"
 
 
-# -- stores on one URL (a SQLite file, a Redis prefix), as separate processes open it ---------------
+# -- stores on one URL (a SQLite file, a Redis prefix, a PostgreSQL schema), as separate processes open it --
 
 
 @on_stores_shared_by_url

@@ -12,6 +12,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"
 # scheme -> "module:Class"; modules are imported only when their scheme is used.
 _BACKENDS = {
     "memory": "taskmill.brokers.memory:MemoryBroker",
+    "postgres": "taskmill.brokers.postgres:PostgresBroker",
+    "postgresql": "taskmill.brokers.postgres:PostgresBroker",
     "redis": "taskmill.brokers.redis:RedisBroker",
     "rediss": "taskmill.brokers.redis:RedisBroker",
     "sqlite": "taskmill.brokers.sqlite:SQLiteBroker",

@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from taskmill.errors import LeaseLost
 
-__all__ = ["DELIVERY_LIMIT_TEXT", "Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+__all__ = ["DELIVERY_LIMIT_TEXT", "TRANSACTION", "Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+
+#: The application's own database connection that ``App.transaction`` publishes through, if any.
+TRANSACTION: ContextVar[Any] = ContextVar("taskmill_transaction", default=None)
 
 DELIVERY_LIMIT_TEXT = "its lease expired too often: the message keeps killing or stalling its worker"
 
@@ -108,6 +113,11 @@ class Broker(abc.ABC):
         return buried
 
     @property
+    def supports_transactions(self) -> bool:
+        """Whether ``publish`` can join the application's own transaction (``App.transaction``)."""
+        return False
+
+    @property
     def location(self) -> str:
         """Where the data lives, for the worker's banner (for sqlite, a URL with the file's absolute path)."""
         return self.url
@@ -179,6 +189,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         """Delete dead letters (by id, by queue, or all). Returns how many."""
+
+    def migrate(self) -> list[str]:
+        """Bring the backend's schema up to date; the names of the migrations applied (none by default)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 -- optional hook; most backends have something to close
         """Release connections and files."""

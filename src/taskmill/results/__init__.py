@@ -15,6 +15,8 @@ _BACKENDS = {
     "sqlite": "taskmill.results.sqlite:SQLiteStore",
     "redis": "taskmill.results.redis:RedisStore",
     "rediss": "taskmill.results.redis:RedisStore",
+    "postgresql": "taskmill.results.postgres:PostgresStore",
+    "postgres": "taskmill.results.postgres:PostgresStore",
 }
 
 
@@ -25,5 +27,5 @@ def open_store(url: str) -> Store:
 
 
 def default_store_url(broker_url: str) -> str | None:
-    """The broker's own URL when its backend also keeps results (memory, sqlite, redis), else None."""
+    """The broker's own URL when its backend also keeps results (memory, sqlite, redis, postgresql), else None."""
     return broker_url if urlsplit(broker_url).scheme in _BACKENDS else None
