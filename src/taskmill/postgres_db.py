@@ -76,7 +76,7 @@ class Database:
         except ValueError:
             raise ConfigurationError("pool_size and pool_timeout must be numbers") from None
         self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
-        self.channel = f"{self.schema}_changes"
+        self.channel = f"{self.schema[:50]}_changes"  # NOTIFY channel names stop at 63 bytes
         with translated():
             self.pool = psycopg_pool.ConnectionPool(
                 self.conninfo,
