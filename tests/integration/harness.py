@@ -14,20 +14,24 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from ledger import ENV as LEDGER_ENV
 from ledger import Ledger
 
-from taskmill import App, Message
+from taskmill import App, BrokerUnavailable, Message
 from taskmill.brokers import QueueStats
 
 REDIS_SERVER = "redis-server"
+PG_BIN_ENV = "TASKMILL_TEST_PG_BIN"  # a directory with initdb and postgres, when not in the usual places
 
 HERE = Path(__file__).resolve().parent
 RUN_ENV = "TASKMILL_TEST_RUN"
@@ -369,3 +373,196 @@ class RedisServer:
         self.kill()
         for pid in pids_with_marker(self.marker):
             kill_quietly(pid)
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where ``initdb`` and ``postgres`` live: ``$TASKMILL_TEST_PG_BIN``, the newest ``/usr/lib/postgresql/N/bin``
+    (Debian keeps them off PATH), or PATH."""
+    candidates = [Path(p) for p in [os.environ.get(PG_BIN_ENV)] if p]
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    candidates += sorted(versions, key=lambda p: int(p.parent.name), reverse=True)
+    if found := shutil.which("initdb"):
+        candidates.append(Path(found).parent)
+    return next((c for c in candidates if (c / "initdb").is_file() and (c / "postgres").is_file()), None)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (trust auth, ``fsync=on``) on a loopback port, initdb'd into a fresh directory on
+    first start, that a test can SIGKILL (postmaster and every backend at once) and start again on the same port and
+    data directory: crash recovery replays the WAL, so every committed transaction survives.
+
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` OS user (through ``runuser``), in a
+    directory outside pytest's root-only tmp tree. Backends rewrite their environment for the process title, so they
+    are found by parentage (children of the postmaster), not by ``TASKMILL_TEST_RUN``.
+    """
+
+    def __init__(self, port: int | None = None, bin_dir: Path | None = None, os_user: str = "postgres") -> None:
+        found = bin_dir or postgres_bin_dir()
+        if found is None:
+            raise FileNotFoundError(f"no initdb/postgres in ${PG_BIN_ENV}, /usr/lib/postgresql/*/bin or on PATH")
+        self.bin_dir = found
+        self.as_user: list[str] = []
+        owner: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            runuser = shutil.which("runuser")
+            try:
+                entry = pwd.getpwnam(os_user)
+            except KeyError:
+                raise FileNotFoundError(f"running as root, with no {os_user!r} OS user to run postgres as") from None
+            if runuser is None:
+                raise FileNotFoundError("running as root, and runuser (util-linux) is not on PATH")
+            self.as_user = [runuser, "-u", os_user, "--"]
+            owner = (entry.pw_uid, entry.pw_gid)
+        self.directory = Path(tempfile.mkdtemp(prefix="tmfault-pg-"))  # also the Unix socket's directory
+        if owner is not None:
+            os.chown(self.directory, *owner)
+        self.data = self.directory / "data"
+        self.port = port if port is not None else free_port()
+        self.log_path = self.directory / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.postmaster: int | None = None
+        self.starts = 0
+
+    def url(self, database: str = "postgres") -> str:
+        """A ``postgresql://`` URL of ``database`` on this cluster (no query string)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def pid(self) -> int | None:
+        """The running postmaster's pid, or None."""
+        return self.postmaster if self.postmaster is not None and is_alive(self.postmaster) else None
+
+    def _run(self, *args: str) -> None:
+        with self.log_path.open("ab") as log:
+            subprocess.run([*self.as_user, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True)
+
+    def start(self, timeout: float = 30) -> float:
+        """Start the server (initdb first, once) and block until it accepts connections, crash recovery done;
+        returns the ``time.time()`` at which it first did."""
+        assert self.pid is None, "postgres is running already"
+        if not (self.data / "PG_VERSION").exists():
+            initdb = str(self.bin_dir / "initdb")
+            self._run(initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N")
+        args = [
+            *self.as_user, str(self.bin_dir / "postgres"),
+            "-D", str(self.data),
+            "-p", str(self.port),
+            "-k", str(self.directory),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "fsync=on",
+            "-c", "synchronous_commit=on",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.starts += 1
+        up = wait_until(self._answers, timeout, f"postgres on port {self.port} to accept connections")
+        self.postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        return up
+
+    def _answers(self) -> float | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"postgres exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        import psycopg
+
+        try:
+            psycopg.connect(self.url(), connect_timeout=1).close()
+        except psycopg.OperationalError:  # refused, or "the database system is starting up"
+            return None
+        return time.time()
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE name`` on the running server."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and all its children at once: no shutdown checkpoint, no goodbye to clients."""
+        if self.process is None:
+            return
+        postmaster = self.pid
+        if postmaster is not None:
+            kill_quietly(postmaster, signal.SIGSTOP)  # it forks no new backend while they are gathered
+            backends = [pid for pid in _all_pids() if _parent_pid(pid) == postmaster]
+            for pid in [*backends, postmaster]:
+                kill_quietly(pid)
+            wait_until(lambda: not [p for p in [*backends, postmaster] if is_alive(p)], 10, "postgres to die")
+        kill_quietly(self.process.pid)  # runuser, which waits for its child
+        self.process.wait(10)
+        self.process = self.postmaster = None
+        # Nothing is left to hold them; a stale pid here could name an unrelated postgres-owned process by now.
+        for stale in (self.data / "postmaster.pid", self.directory / f".s.PGSQL.{self.port}.lock"):
+            stale.unlink(missing_ok=True)
+
+    def restart(self, timeout: float = 30) -> float:
+        """Kill, then start again on the same port and data directory (see ``start``)."""
+        self.kill()
+        return self.start(timeout)
+
+    def ensure_running(self) -> None:
+        """Start the server if a test left it down."""
+        if self.pid is None:
+            self.kill()
+            self.start()
+
+    def log(self) -> str:
+        """What initdb and the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Kill the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class SteadyProducer:
+    """Sends ``sends`` ``record`` messages one at a time from a thread, ``pause`` s apart, recording each OK send in
+    the ledger; sends that raise ``BrokerUnavailable`` and any other error are kept apart (F7)."""
+
+    app: App
+    ledger_path: Path
+    sends: int
+    pause: float = 0.004
+    ok: list[tuple[str, float]] = field(default_factory=list)  # (id, time.time() when the send returned)
+    unavailable: list[tuple[str, float]] = field(default_factory=list)
+    unavailable_messages: list[str] = field(default_factory=list)  # what each BrokerUnavailable said
+    other_errors: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start sending in the background."""
+        self.thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        own = Ledger(self.ledger_path)  # SQLite connections belong to the thread that opened them
+        actor = self.app.get_actor("record")
+        try:
+            for _ in range(self.sends):
+                key = new_key()
+                try:
+                    self.app.enqueue([actor.message_with_options(args=(key,), message_id=key)])
+                except BrokerUnavailable as exc:
+                    self.unavailable.append((key, time.time()))
+                    self.unavailable_messages.append(str(exc))
+                except Exception as exc:
+                    self.other_errors.append(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+                else:
+                    own.record_enqueued([key])
+                    self.ok.append((key, time.time()))
+                time.sleep(self.pause)
+        finally:
+            own.close()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the last send; fails the test if it takes longer than ``timeout`` s."""
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the producer did not finish its sends"

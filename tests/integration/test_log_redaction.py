@@ -15,6 +15,7 @@ from ledger import ENV as LEDGER_ENV
 from ledger import Ledger
 
 from taskmill import App, Message, Worker
+from taskmill.brokers import Record
 
 PAYLOAD_CHARS = 100_000
 SLICE = 64
@@ -64,7 +65,8 @@ def send_digests(ledger: Ledger, producer: App, count: int) -> Batch:
             failing.add(key)
     ledger.enqueue(producer, messages, batch=100)
     rejected = [Message(actor="no_such_actor", args=(big_payload(),)), Message(actor="digest", args=(big_payload(),))]
-    producer.enqueue(rejected)
+    # raw records: the producer itself refuses bad arguments, and a producer in another language might not
+    producer.broker.publish([Record(m.id, m.queue, m.encode(), m.priority) for m in rejected])
     payloads.extend(str(m.args[0]) for m in rejected)
     return Batch(payloads, failing)
 

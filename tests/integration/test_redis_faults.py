@@ -9,22 +9,21 @@ a key prefix of its own. The shared ``producer`` and ``workers`` fixtures use it
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
 from harness import (
     REDIS_SERVER,
     RedisServer,
+    SteadyProducer,
     WorkerProcess,
     Workers,
     is_alive,
@@ -37,7 +36,7 @@ from harness import (
 )
 from ledger import Ledger, Report
 
-from taskmill import App, BrokerUnavailable
+from taskmill import App
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +78,14 @@ def prefix_keys(server: RedisServer, url: str) -> set[str]:
     prefix = url.rsplit("prefix=", 1)[1]
     with redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5) as client:
         return {key.decode() for key in client.scan_iter(match=f"{prefix}:*", count=1000)}
+
+
+def figures(report: Report) -> str:
+    """The checker's counts, for runs whose duplicates are judged by a fault window rather than by killed pids."""
+    return (
+        f"enqueued={report.enqueued} completed={report.completed} lost={len(report.lost)} dup={report.dup}"
+        f" unexpected={len(report.unexpected)}"
+    )
 
 
 def assert_clean(report: Report) -> None:
@@ -216,53 +223,17 @@ ACK_MARGIN_S = 0.5  # an execution that ended this long before the kill had its 
 IDLE_QUEUE = "idle"  # served by a worker of its own, so one worker is surely idle (in broker.wait) at the kill
 
 
-@dataclass
-class SteadyProducer:
-    """Sends ``SENDS`` messages one at a time from a thread, recording each OK send in the ledger."""
-
-    app: App
-    ledger_path: Path
-    ok: list[tuple[str, float]] = field(default_factory=list)  # (id, time.time() when the send returned)
-    unavailable: list[tuple[str, float]] = field(default_factory=list)
-    other_errors: list[str] = field(default_factory=list)
-    thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        own = Ledger(self.ledger_path)  # SQLite connections belong to the thread that opened them
-        actor = self.app.get_actor("record")
-        try:
-            for _ in range(SENDS):
-                key = new_key()
-                try:
-                    self.app.enqueue([actor.message_with_options(args=(key,), message_id=key)])
-                except BrokerUnavailable:
-                    self.unavailable.append((key, time.time()))
-                except Exception as exc:
-                    self.other_errors.append(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-                else:
-                    own.record_enqueued([key])
-                    self.ok.append((key, time.time()))
-                time.sleep(SEND_PAUSE_S)
-        finally:
-            own.close()
-
-    def join(self, timeout: float) -> None:
-        assert self.thread is not None
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the producer did not finish its sends"
-
-
-def wait_or_show(condition: Callable[[], object], timeout: float, what: str, *logs: WorkerProcess) -> None:
-    """``wait_until``, with the workers' log tails in the failure message."""
+def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
+    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
     try:
-        wait_until(condition, timeout, what)
+        wait_completed(ledger, count, timeout)
     except AssertionError as exc:
-        tails = "\n".join(f"--- {w.output_path.name}:\n{w.output()[-3000:]}" for w in logs)
-        raise AssertionError(f"{exc}\n{tails}") from None
+        parts = [f"{exc}; got {ledger.completed_count()}"]
+        for worker in logs:
+            text = worker.output()
+            crashes = [line for line in text.splitlines() if line.startswith("Exception in thread")]
+            parts.append(f"--- {worker.output_path.name}: thread crashes {crashes}; tail:\n{text[-2000:]}")
+        raise AssertionError("\n".join(parts)) from None
 
 
 def unavailable_lines(worker: WorkerProcess) -> list[str]:
@@ -280,7 +251,7 @@ def test_busy_and_idle_workers_ride_out_a_redis_kill_and_restart(
     busy_children, idle_children = busy.wait_children(1), idle.wait_children(1)
     busy.wait_for_output("worker process started")
     idle.wait_for_output("worker process started")
-    sender = SteadyProducer(producer, ledger.path)
+    sender = SteadyProducer(producer, ledger.path, sends=SENDS, pause=SEND_PAUSE_S)
     sender.start()
     wait_until(lambda: len(sender.ok) >= KILL_AFTER_OK, 30, f"{KILL_AFTER_OK} OK sends")
     wait_completed(ledger, KILL_AFTER_OK // 2, 20)
@@ -295,9 +266,7 @@ def test_busy_and_idle_workers_ride_out_a_redis_kill_and_restart(
     sender.join(60)
     assert sender.other_errors == [], "a send failed with an untyped error"
     enqueued = len(sender.ok) + 1
-    wait_or_show(
-        lambda: ledger.completed_count() >= enqueued, 30, f"{enqueued} completions after the restart", busy, idle
-    )
+    wait_all_completed(ledger, enqueued, 30, busy, idle)
 
     runs = ledger.executions()
     resumed = [e.started for e in runs if e.started >= up_at and e.id != idle_key]
@@ -317,11 +286,11 @@ def test_busy_and_idle_workers_ride_out_a_redis_kill_and_restart(
     outside_fault = [d.id for d in report.duplicates if d.id not in in_flight_at_fault]
     busy_flood, idle_flood = unavailable_lines(busy), unavailable_lines(idle)
     print(
-        f"\nF7 redis: {report.summary()} sends={SENDS} ok={len(sender.ok)}"
+        f"\nF7 redis: {figures(report)} sends={SENDS} ok={len(sender.ok)}"
         f" broker_unavailable={len(sender.unavailable)} failed_but_landed={len(landed_anyway)}"
         f" busy_worker_resume_s={busy_resume_s:.3f} idle_worker_resume_s={idle_resume_s:.3f}"
         f" producer_resume_s={producer_resume_s:.3f} leased_before_kill={leased_before_kill}"
-        f" in_flight_window={len(in_flight_at_fault)} dup={report.dup}"
+        f" in_flight_window={len(in_flight_at_fault)} dup_ids={[d.id for d in report.duplicates][:5]}"
         f" unavailable_log_lines busy={len(busy_flood)} idle={len(idle_flood)}"
     )
     assert report.lost == frozenset(), report.summary()
@@ -338,6 +307,54 @@ def test_busy_and_idle_workers_ride_out_a_redis_kill_and_restart(
     for worker in (busy, idle):
         worker.signal(signal.SIGTERM)
         assert worker.wait(15) == 0
+
+
+QUICK_RESTARTS = 10
+QUICK_OUTAGE_S = 0.05  # shorter than the Redis client's own retry window, so a call in flight spans the restart
+OK_BETWEEN_RESTARTS = 50
+
+
+@pytest.mark.timeout(90)
+def test_sends_across_quick_redis_restarts_fail_typed_and_every_ok_send_survives(
+    workers: Workers, ledger: Ledger, producer: App, redis_server: RedisServer
+) -> None:
+    sender = SteadyProducer(producer, ledger.path, sends=SENDS, pause=SEND_PAUSE_S)
+    sender.start()
+
+    def sent_ok(at_least: int) -> bool:
+        return len(sender.ok) >= at_least
+
+    def lasted(since: float) -> bool:
+        return time.time() - since >= QUICK_OUTAGE_S
+
+    for _ in range(QUICK_RESTARTS):
+        target = len(sender.ok) + OK_BETWEEN_RESTARTS
+        wait_until(functools.partial(sent_ok, target), 30, f"{target} OK sends")
+        killed_at = time.time()
+        redis_server.kill()
+        wait_until(functools.partial(lasted, killed_at), 5, "the outage to last")  # fault duration
+        redis_server.start()
+    sender.join(60)
+    failed_ids = {key for key, _ in sender.unavailable}
+    print(
+        f"\nF7 redis x{QUICK_RESTARTS} quick restarts: sends={SENDS} ok={len(sender.ok)}"
+        f" broker_unavailable={len(sender.unavailable)} untyped={len(sender.other_errors)}"
+        f" {sorted(set(sender.other_errors))[:3]}"
+    )
+    assert sender.other_errors == [], "sends failed with errors other than BrokerUnavailable"
+    stored = totals(producer).ready  # no worker yet: everything sent is still queued
+    assert len(sender.ok) <= stored <= len(sender.ok) + len(failed_ids), (
+        f"{stored} messages stored for {len(sender.ok)} OK sends and {len(failed_ids)} failed ones"
+    )
+
+    drain = workers.worker("--burst", processes=1, threads=4, env={"TASKMILL_TEST_TASK_MS": "1"})
+    assert drain.wait(60) == 0, drain.output()[-3000:]
+    report = ledger.check()
+    print(f"F7 redis quick restarts: {figures(report)} failed_but_landed={len(report.unexpected & failed_ids)}")
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected - failed_ids == frozenset(), report.summary()
+    assert report.dup == 0, report.summary()
+    assert wait_drained(producer).dead == 0
 
 
 # -- F17: a process-killing message is dead-lettered after max_deliveries ----------------------

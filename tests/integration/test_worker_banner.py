@@ -23,7 +23,7 @@ def test_banner_names_the_absolute_broker_path_queues_width_and_actors(workers: 
         f"  broker:  sqlite:///{(tmp_path / 'relative.db').resolve()}",
         "  queues:  default, poison",
         "  workers: 2 processes x 3 threads",
-        "  actors:  crash, digest, record",
+        "  actors:  crash, digest, group_done, increment, record, square",
     ]
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0

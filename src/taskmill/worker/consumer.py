@@ -173,11 +173,7 @@ class Worker:
                 failures = 0
             except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
                 self._return_acks(acks)
-                failures += 1
-                pause = min(0.1 * 2**failures, _MAX_BACKOFF)
-                if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
-                    log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
-                self._stopping.wait(pause)
+                failures = self._broker_failed(exc, failures)
                 continue
             _log_lost_acks(lost)
             for dead in broker.take_buried():
@@ -199,18 +195,35 @@ class Worker:
                 if self.burst and not self._in_flight and self._nothing_left(broker):
                     break
                 self._idle = True  # from now on finishing threads ack for themselves
+            failed: Exception | None = None
             try:
                 broker.wait(self.queues, _IDLE_WAIT)
+            except Exception as exc:  # noqa: BLE001 -- waiting fails like fetching when the broker is down
+                failed = exc
             finally:
                 with self._changed:
                     self._idle = False
+            if failed is not None:  # back off outside idle, so finishing threads leave their acks to this loop
+                failures = self._broker_failed(failed, failures)
         if self.burst and not self._stopping.is_set():
             self._finish()
+
+    def _broker_failed(self, exc: Exception, failures: int) -> int:
+        """Back off (capped, logged sparingly) after a failed broker call; returns the new failure count."""
+        failures += 1
+        pause = min(0.1 * 2**failures, _MAX_BACKOFF)
+        if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
+            log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
+        self._stopping.wait(pause)
+        return failures
 
     def _nothing_left(self, broker: Broker) -> bool:
         """Burst mode's end: nothing ready and nothing leased by anyone (a crashed process's lease
         counts: its message comes back, or is dead-lettered, when the lease expires)."""
-        return all(s.ready == 0 and s.in_flight == 0 for s in broker.stats(self.queues))
+        try:
+            return all(s.ready == 0 and s.in_flight == 0 for s in broker.stats(self.queues))
+        except BrokerError:
+            return False  # cannot tell now: the wait below fails too, and the loop backs off until it can
 
     def _return_acks(self, acks: list[Delivery]) -> None:
         with self._changed:
@@ -321,7 +334,8 @@ class Worker:
             try:
                 _log_lost_acks(self.app.broker.ack(batch))
             except BrokerError as exc:
-                log.warning("ack of %d messages failed (%s); they will run again", len(batch), exc)
+                log.warning("ack of %d messages failed (%s); the fetch loop retries it", len(batch), exc)
+                self._return_acks(batch)
                 return
 
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
