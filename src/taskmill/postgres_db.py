@@ -46,17 +46,21 @@ def translated(on_error: Callable[[], None] | None = None) -> Iterator[None]:
     except psycopg_pool.PoolTimeout as exc:
         if on_error is not None:
             on_error()
-        raise BrokerUnavailable(
-            f"no PostgreSQL connection free in the pool in time (pool_size too small?): {exc}"
-        ) from exc
+        raise BrokerUnavailable(f"PostgreSQL unreachable, or its pool exhausted, within pool_timeout: {exc}") from exc
     except psycopg.OperationalError as exc:
         if on_error is not None:
             on_error()
-        raise BrokerUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        raise BrokerUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}") from exc
     except psycopg.Error as exc:
         if on_error is not None:
             on_error()
-        raise BrokerError(f"PostgreSQL error: {exc}") from exc
+        raise BrokerError(f"PostgreSQL error: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """psycopg's messages span lines (DETAIL, HINT); one line keeps the log one record per line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 class Database:
@@ -86,6 +90,7 @@ class Database:
                 kwargs={"autocommit": True},
                 open=True,
                 check=psycopg_pool.ConnectionPool.check_connection,
+                reconnect_timeout=5.0,  # keep retrying a lost server at short intervals, not for minutes
             )
             self.behind: str | None = None  # why the schema is too old to use (auto_migrate=false)
             if auto_migrate:

@@ -170,7 +170,6 @@ class Worker:
                 break
             try:
                 lost, deliveries = broker.ack_and_fetch(acks, self.queues, free, self.lease_ms)
-                failures = 0
             except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
                 self._return_acks(acks)
                 failures = self._broker_failed(exc, failures)
@@ -179,15 +178,9 @@ class Worker:
             for dead in broker.take_buried():
                 self._buried(dead)
             if deliveries:
-                with self._changed:  # under the lock stop() waits with, so no batch slips past it
-                    stopping = self._stopping.is_set()
-                    if not stopping:
-                        self._in_flight.update((d.id, d) for d in deliveries)
-                if stopping:
-                    broker.release(deliveries)  # fetched as the stop began: give them back at once
+                failures = 0  # a whole round worked: the broker is back
+                if not self._dispatch(deliveries):
                     break
-                for delivery in deliveries:
-                    self._work.put(delivery)
                 continue
             with self._changed:
                 if self._acks:
@@ -195,18 +188,35 @@ class Worker:
                 if self.burst and not self._in_flight and self._nothing_left(broker):
                     break
                 self._idle = True  # from now on finishing threads ack for themselves
-            failed: Exception | None = None
-            try:
-                broker.wait(self.queues, _IDLE_WAIT)
-            except Exception as exc:  # noqa: BLE001 -- waiting fails like fetching when the broker is down
-                failed = exc
-            finally:
-                with self._changed:
-                    self._idle = False
-            if failed is not None:  # back off outside idle, so finishing threads leave their acks to this loop
-                failures = self._broker_failed(failed, failures)
+            failed = self._idle_wait(broker)
+            # back off outside idle, so finishing threads leave their acks to this loop
+            failures = 0 if failed is None else self._broker_failed(failed, failures)
         if self.burst and not self._stopping.is_set():
             self._finish()
+
+    def _dispatch(self, deliveries: list[Delivery]) -> bool:
+        """Hand fetched deliveries to the worker threads; False (and give them back) if a stop began."""
+        with self._changed:  # under the lock stop() waits with, so no batch slips past it
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._in_flight.update((d.id, d) for d in deliveries)
+        if stopping:
+            self.app.broker.release(deliveries)  # fetched as the stop began: give them back at once
+            return False
+        for delivery in deliveries:
+            self._work.put(delivery)
+        return True
+
+    def _idle_wait(self, broker: Broker) -> Exception | None:
+        """Wait for new messages; the broker's error if the wait failed."""
+        try:
+            broker.wait(self.queues, _IDLE_WAIT)
+        except Exception as exc:  # noqa: BLE001 -- waiting fails like fetching when the broker is down
+            return exc
+        finally:
+            with self._changed:
+                self._idle = False
+        return None
 
     def _broker_failed(self, exc: Exception, failures: int) -> int:
         """Back off (capped, logged sparingly) after a failed broker call; returns the new failure count."""

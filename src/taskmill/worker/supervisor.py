@@ -79,6 +79,7 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # one warning per reconnect attempt floods logs
 
 
 def run_child(config: WorkerConfig) -> None:

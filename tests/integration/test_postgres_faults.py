@@ -1,0 +1,346 @@
+"""F1, F7/F8 and transactional enqueue on PostgreSQL: worker SIGKILL, the server itself killed and restarted
+under a steady producer, and a rolled-back application transaction.
+
+Every test runs on a private PostgreSQL cluster this module initdb's and starts on a free loopback port (``fsync=on``,
+so a committed transaction survives the server's death), each test in a schema of its own (``?schema=tmfault_<hex>``,
+dropped afterwards). The shared server on 5432 is never restarted: without a private cluster (no PostgreSQL binaries,
+no ``postgres`` OS user to run them as root), the tests that do not restart the server fall back to it, and the
+restart test is skipped, or fails when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NoReturn
+
+import ledger_app
+import pytest
+from harness import (
+    PostgresServer,
+    SteadyProducer,
+    WorkerProcess,
+    Workers,
+    new_key,
+    record_messages,
+    totals,
+    wait_completed,
+    wait_drained,
+    wait_until,
+)
+from ledger import Ledger, Report
+
+from taskmill import App
+
+pytestmark = pytest.mark.slow
+
+SHARED_URL = "postgresql://postgres@127.0.0.1:5432/test"  # never restarted here: other suites use it
+DATABASE = "test"
+
+
+def _no_server(problem: str) -> NoReturn:
+    if os.environ.get("CI") == "true":  # CI must never skip a missing server
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+@dataclass
+class Cluster:
+    """The module's private cluster, or why there is none."""
+
+    server: PostgresServer | None
+    problem: str = ""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A private PostgreSQL cluster for this module, with database ``test``; killed and removed when the module ends."""
+    try:
+        import psycopg  # the broker needs it too
+    except ImportError:
+        _no_server("the psycopg package is not installed: pip install -e '.[dev]'")
+    server: PostgresServer | None = None
+    try:
+        server = PostgresServer()
+        server.start()
+        server.create_database(DATABASE)
+    except (OSError, subprocess.CalledProcessError, AssertionError, psycopg.Error) as exc:
+        log = server.log()[-2000:] if server is not None else ""
+        if server is not None:
+            server.stop()
+        yield Cluster(None, f"no private PostgreSQL cluster: {exc}\n{log}".rstrip())
+        return
+    try:
+        yield Cluster(server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_server(cluster: Cluster) -> PostgresServer:
+    """The private cluster, for tests that kill it (restarted first if a test left it down)."""
+    if cluster.server is None:
+        _no_server(cluster.problem)
+    cluster.server.ensure_running()
+    return cluster.server
+
+
+@pytest.fixture
+def broker_url(cluster: Cluster) -> Iterator[str]:
+    """This test's own schema on the private cluster (or, without one, on the shared server); dropped afterwards."""
+    import psycopg
+
+    if cluster.server is not None:
+        cluster.server.ensure_running()
+        database = cluster.server.url(DATABASE)
+    else:
+        database = SHARED_URL
+        try:
+            psycopg.connect(database, connect_timeout=2).close()
+        except psycopg.OperationalError as exc:
+            _no_server(f"{cluster.problem}; and no PostgreSQL server at {database}: {exc}")
+    schema = f"tmfault_{uuid.uuid4().hex}"
+    yield f"{database}?schema={schema}"
+    if cluster.server is not None:
+        cluster.server.ensure_running()
+    with psycopg.connect(database, connect_timeout=5, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def conninfo_and_schema(url: str) -> tuple[str, str]:
+    """The libpq URL and the schema name of a broker URL."""
+    conninfo, _, query = url.partition("?")
+    return conninfo, query.removeprefix("schema=")
+
+
+def assert_clean(report: Report) -> None:
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected == frozenset(), report.summary()
+
+
+def thread_crashes(worker: WorkerProcess) -> list[str]:
+    """Threads that died of an exception in the worker (threading's excepthook prints these)."""
+    return [line for line in worker.output().splitlines() if line.startswith("Exception in thread")]
+
+
+def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
+    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
+    try:
+        wait_completed(ledger, count, timeout)
+    except AssertionError as exc:
+        parts = [f"{exc}; got {ledger.completed_count()}"]
+        parts += [f"--- {w.output_path.name}: {thread_crashes(w)}; tail:\n{w.output()[-2500:]}" for w in logs]
+        raise AssertionError("\n".join(parts)) from None
+
+
+# -- F1: SIGKILL worker children mid-task ------------------------------------------------------
+KILL_MESSAGES = 500
+KILLS = 3
+KILL_THREADS = 4
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_children_lose_nothing_on_postgres(workers: Workers, ledger: Ledger, producer: App) -> None:
+    ledger.enqueue(producer, record_messages(producer, KILL_MESSAGES))
+    worker = workers.worker(
+        "--grace",
+        "10",
+        processes=2,
+        threads=KILL_THREADS,
+        env={"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "40-80"},
+    )
+    worker.wait_children(2)
+    wait_completed(ledger, 20, 20)
+
+    killed: list[int] = []
+    in_flight_at_kills = 0
+    for _ in range(KILLS):
+        children = worker.wait_children(2, without=killed)
+        busy = {e.pid for e in ledger.running()} & set(children)
+        victim = random.choice(sorted(busy or children))
+        assert ledger.completed_count() < KILL_MESSAGES, "the run finished before every kill; slow the actor down"
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+        in_flight_at_kills += totals(producer).in_flight  # the victim's leases stay counted until they expire
+        worker.wait_children(2, without=killed)
+        wait_completed(ledger, min(ledger.completed_count() + 10, KILL_MESSAGES), 20)
+
+    wait_all_completed(ledger, KILL_MESSAGES, 40, worker)
+    report = ledger.check(killed_pids=killed)
+    print(f"\nF1 postgres: {report.summary()} kills={len(killed)} in_flight_at_kills={in_flight_at_kills}")
+    assert_clean(report)
+    assert report.unexplained == (), report.summary()
+    assert report.dup <= in_flight_at_kills, report.summary()
+    assert report.completed == KILL_MESSAGES
+    assert wait_drained(producer).dead == 0
+    assert worker.output().count("exited with code -9; restarting it") == KILLS
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
+# -- F7/F8: the server SIGKILLed and restarted under a steady producer -------------------------
+SENDS = 500
+SEND_PAUSE_S = 0.006
+KILL_AFTER_OK = 200
+OUTAGE_S = 1.5
+SENDER_POOL_TIMEOUT_S = 0.5
+FLOOD_LIMIT = 20
+ACK_MARGIN_S = 0.5  # an execution that ended this long before the kill had its ack sent long before
+IDLE_QUEUE = "idle"  # served by a worker of its own, so one worker is surely idle (in broker.wait) at the kill
+# What a worker logs while PostgreSQL is down: the fetch loop, heartbeats, failed acks, and psycopg_pool's reconnects.
+OUTAGE_LINE = re.compile(
+    r"broker unavailable|PostgreSQL unavailable|no PostgreSQL connection free|error connecting in|heartbeat failed"
+    r"|ack of \d+ messages failed",
+    re.IGNORECASE,
+)
+
+
+def outage_lines(worker: WorkerProcess) -> list[str]:
+    """The worker's log lines about an unreachable broker (the F8 log-flood measure)."""
+    return [line for line in worker.output().splitlines() if OUTAGE_LINE.search(line)]
+
+
+@pytest.mark.timeout(90)
+def test_busy_and_idle_workers_ride_out_a_postgres_kill_and_restart(
+    workers: Workers,
+    ledger: Ledger,
+    producer: App,
+    pg_server: PostgresServer,
+    broker_url: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    env = {"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "5"}
+    busy = workers.worker(processes=1, threads=4, env=env)
+    idle = workers.worker("--queues", IDLE_QUEUE, processes=1, threads=1, env=env)
+    busy_children, idle_children = busy.wait_children(1), idle.wait_children(1)
+    busy.wait_for_output("worker process started")
+    idle.wait_for_output("worker process started")
+    # Its own App, whose sends give up waiting for a connection well within the outage: they fail typed, not slowly.
+    sender_app = ledger_app.make_app(f"{broker_url}&pool_timeout={SENDER_POOL_TIMEOUT_S}")
+    request.addfinalizer(sender_app.close)
+    sender = SteadyProducer(sender_app, ledger.path, sends=SENDS, pause=SEND_PAUSE_S)
+    sender.start()
+    wait_until(lambda: len(sender.ok) >= KILL_AFTER_OK, 30, f"{KILL_AFTER_OK} OK sends")
+    wait_completed(ledger, KILL_AFTER_OK // 2, 20)
+
+    leased_before_kill = totals(producer).in_flight
+    killed_at = time.time()
+    pg_server.kill()
+    wait_until(lambda: time.time() - killed_at >= OUTAGE_S, 10, "the outage to last")  # fault duration
+    up_at = pg_server.start()
+    (idle_key,) = ledger.enqueue(producer, record_messages(producer, 1, queue=IDLE_QUEUE))
+
+    sender.join(60)
+    assert sender.other_errors == [], "a send failed with an error other than BrokerUnavailable"
+    said = sorted({message.split("\n")[0][:90] for message in sender.unavailable_messages})
+    enqueued = len(sender.ok) + 1
+    wait_all_completed(ledger, enqueued, 30, busy, idle)
+
+    runs = ledger.executions()
+    resumed = [e.started for e in runs if e.started >= up_at and e.id != idle_key]
+    busy_resume_s = min(resumed) - up_at if resumed else float("nan")
+    (idle_run,) = [e for e in runs if e.id == idle_key]
+    idle_resume_s = idle_run.started - up_at
+    producer_resume_s = min((t for _, t in sender.ok if t >= up_at), default=float("nan")) - up_at
+    failed_ids = {key for key, _ in sender.unavailable}
+    report = ledger.check()
+    # A send that raised may still have committed (the server died after the commit, before the reply): such an id
+    # is indeterminate, not unexpected. Anything else completed without an OK send would be.
+    landed_anyway = report.unexpected & failed_ids
+    # Nothing can be fetched while the server is down, so whatever started before it came back was leased before.
+    in_flight_at_fault = {
+        e.id for e in runs if e.started < up_at and (e.ended is None or e.ended >= killed_at - ACK_MARGIN_S)
+    }
+    outside_fault = [d.id for d in report.duplicates if d.id not in in_flight_at_fault]
+    busy_flood, idle_flood = outage_lines(busy), outage_lines(idle)
+    print(
+        f"\nF7 postgres: enqueued={report.enqueued} completed={report.completed} lost={len(report.lost)}"
+        f" dup={report.dup} unexpected={len(report.unexpected)} sends={SENDS} ok={len(sender.ok)}"
+        f" broker_unavailable={len(sender.unavailable)} failed_but_landed={len(landed_anyway)}"
+        f" outage_s={up_at - killed_at:.3f} busy_worker_resume_s={busy_resume_s:.3f}"
+        f" idle_worker_resume_s={idle_resume_s:.3f} producer_resume_s={producer_resume_s:.3f}"
+        f" leased_before_kill={leased_before_kill} in_flight_window={len(in_flight_at_fault)}"
+        f" outage_log_lines busy={len(busy_flood)} idle={len(idle_flood)} broker_unavailable_said={said}"
+    )
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected - failed_ids == frozenset(), report.summary()
+    assert report.completed == enqueued + len(landed_anyway)
+    assert outside_fault == [], f"duplicates of messages not in flight at the fault: {outside_fault[:10]}"
+    assert resumed, "the busy worker ran nothing after the restart"
+    assert idle_run.pid in idle_children
+    assert (busy.children(), idle.children()) == (busy_children, idle_children), "a worker process was restarted"
+    assert (thread_crashes(busy), thread_crashes(idle)) == ([], [])
+    assert len(busy_flood) <= FLOOD_LIMIT, "\n".join(busy_flood)
+    assert len(idle_flood) <= FLOOD_LIMIT, "\n".join(idle_flood)
+    assert wait_drained(producer, 15).dead == 0
+
+    for worker in (busy, idle):
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(15) == 0
+
+
+# -- Transactional enqueue: a message exists only if the application's transaction commits ---------
+class OrderFailed(Exception):
+    """The application's own failure, which rolls its transaction back."""
+
+
+@pytest.mark.timeout(60)
+def test_a_rolled_back_transaction_leaves_no_message_and_a_committed_one_runs_in_a_worker(
+    workers: Workers, ledger: Ledger, producer: App, broker_url: str
+) -> None:
+    import psycopg
+
+    conninfo, schema = conninfo_and_schema(broker_url)
+    producer.broker.stats()  # opening the broker migrates the schema
+    worker = workers.worker(processes=1, threads=2, env={"TASKMILL_TEST_TASK_MS": "5"})
+    worker.wait_for_output("worker process started")
+    record = producer.get_actor("record")
+    rolled_back, committed = new_key(), new_key()
+
+    def place_order(conn: psycopg.Connection[tuple[object, ...]], key: str, *, fail: bool) -> None:
+        """The application's unit of work: its own row and the message, in one transaction."""
+        with conn.transaction(), producer.transaction(conn):
+            conn.execute(f"INSERT INTO {schema}.orders (id) VALUES (%s)", (key,))
+            producer.enqueue([record.message_with_options(args=(key,), message_id=key)])
+            invisible = totals(producer)  # through the broker's own pool: another session
+            assert (invisible.ready, invisible.in_flight) == (0, 0), "a message is visible before its commit"
+            if fail:
+                raise OrderFailed(key)
+
+    def stored() -> tuple[list[str], list[str]]:
+        with psycopg.connect(conninfo, autocommit=True) as observer:
+            orders = observer.execute(f"SELECT id FROM {schema}.orders").fetchall()
+            messages = observer.execute(f"SELECT id FROM {schema}.messages").fetchall()
+        return [r[0] for r in orders], [r[0] for r in messages]
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.orders (id text PRIMARY KEY)")
+        with pytest.raises(OrderFailed):
+            place_order(conn, rolled_back, fail=True)
+        assert stored() == ([], []), "the rolled-back transaction left a row behind"
+        place_order(conn, committed, fail=False)  # the same connection, usable again after the rollback
+        committed_at = time.time()
+        ledger.record_enqueued([committed])
+
+    wait_all_completed(ledger, 1, 20, worker)
+    (run,) = ledger.executions()
+    wait_drained(producer)
+    report = ledger.check()
+    print(f"\ntransactional enqueue postgres: {report.summary()} commit_to_start_s={run.started - committed_at:.3f}")
+    assert_clean(report)
+    assert (run.id, run.attempt, report.dup) == (committed, 1, 0)
+    assert rolled_back not in {e.id for e in ledger.executions()}
+    assert stored() == ([committed], [])
+    assert totals(producer).dead == 0
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
