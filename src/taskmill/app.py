@@ -179,7 +179,7 @@ class App:
         Needs a broker that supports it (postgresql://)."""
         if not self.broker.supports_transactions:
             raise ConfigurationError(f"{self.broker.url.split(':')[0]}:// cannot join an application transaction")
-        token = TRANSACTION.set(connection)
+        token = TRANSACTION.set((self.broker, connection))
         try:
             yield
         finally:

@@ -80,6 +80,11 @@ class Database:
         except ValueError:
             raise ConfigurationError("pool_size and pool_timeout must be numbers") from None
         self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        try:
+            psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"bad PostgreSQL URL: {_first_line(exc)}") from None
+        self.connection_class = psycopg.Connection
         self.channel = f"{self.schema[:50]}_changes"  # NOTIFY channel names stop at 63 bytes
         with translated():
             self.pool = psycopg_pool.ConnectionPool(
@@ -93,10 +98,11 @@ class Database:
                 reconnect_timeout=5.0,  # keep retrying a lost server at short intervals, not for minutes
             )
             self.behind: str | None = None  # why the schema is too old to use (auto_migrate=false)
-            if auto_migrate:
+            gap = self.migration_gap()
+            if gap and auto_migrate:
                 migrate(self)
             else:
-                self.behind = self.migration_gap()
+                self.behind = gap
         self._psycopg = psycopg
         self._listener: Any = None
         self._listen_lock = threading.Lock()
@@ -104,7 +110,7 @@ class Database:
     def migration_gap(self) -> str | None:
         """Why the schema lacks migrations this version ships, or None when it is up to date."""
         latest = max(int(p.name[:3]) for p in _MIGRATIONS.glob("[0-9][0-9][0-9]_*.sql"))
-        with self.pool.connection() as conn:
+        with translated(), self.pool.connection() as conn:
             found = conn.execute("SELECT to_regclass(%s)", (f"{self.schema}.migrations",)).fetchone()
             rows = (
                 conn.execute(self.sql("SELECT max(version) FROM {schema}.migrations")).fetchone() if found[0] else None
@@ -122,7 +128,9 @@ class Database:
     def transaction(self) -> Iterator[Any]:
         """A connection from the pool inside one transaction (committed on success)."""
         if self.behind:
-            raise ConfigurationError(self.behind)
+            self.behind = self.migration_gap()  # someone may have migrated meanwhile
+            if self.behind:
+                raise ConfigurationError(self.behind)
         with translated(), self.pool.connection() as conn, conn.transaction():
             yield conn
 

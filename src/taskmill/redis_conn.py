@@ -28,7 +28,8 @@ def connect(url: str) -> tuple[Any, str]:
     except ImportError:
         raise ConfigurationError("redis:// needs the redis package: pip install 'taskmill[redis]'") from None
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.pop("dead_retention", None)  # the broker's own option; the result store shares the URL
     prefix = query.pop("prefix", "taskmill")
     if not prefix or "{" in prefix or "}" in prefix:
         raise ConfigurationError(f"prefix={prefix!r}: use a non-empty prefix without braces")
@@ -36,11 +37,14 @@ def connect(url: str) -> tuple[Any, str]:
     query.setdefault("socket_connect_timeout", "5")
     query.setdefault("health_check_interval", "15")
     clean = urlunsplit(parts._replace(query=urlencode(query)))
-    client = redis.Redis.from_url(
-        clean,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
+    try:
+        client = redis.Redis.from_url(
+            clean,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"bad Redis URL option: {exc}") from None
     return client, prefix
 
 

@@ -77,3 +77,35 @@ def test_an_exhausted_pool_is_a_clear_typed_error(url: str) -> None:
         pool = broker.db.pool  # type: ignore[attr-defined]
         with pool.connection(), pytest.raises(BrokerUnavailable, match="pool"):
             broker.publish([Record("m", "default", b"x")])
+
+
+def test_a_transaction_joins_only_its_own_apps_sends(app: App, url: str, tmp_path: object) -> None:
+    import psycopg
+
+    other = App("memory://")
+
+    @app.actor
+    def invoice(order: int) -> None: ...
+
+    @other.actor
+    def audit(order: int) -> None: ...
+
+    def order_fails(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        with conn.transaction(), app.transaction(conn):
+            audit.send(1)
+            raise RuntimeError("the order failed")
+
+    with psycopg.connect(conninfo(url)) as conn, pytest.raises(RuntimeError):
+        order_fails(conn)
+    assert other.broker.stats()[0].ready == 1
+
+
+def test_unknown_url_options_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="bad PostgreSQL URL"):
+        open_broker("postgresql://postgres@127.0.0.1:5432/test?no_such_option=1")
+
+
+def test_a_broker_opened_before_taskmill_db_migrate_sees_the_migration(url: str) -> None:
+    with closing(open_broker(url + "&auto_migrate=false")) as waiting, closing(open_broker(url)):
+        waiting.publish([Record("m", "default", b"x")])
+        assert waiting.stats()[0].ready == 1

@@ -29,8 +29,9 @@ from taskmill.errors import LeaseLost
 
 __all__ = ["DELIVERY_LIMIT_TEXT", "TRANSACTION", "Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
 
-#: The application's own database connection that ``App.transaction`` publishes through, if any.
-TRANSACTION: ContextVar[Any] = ContextVar("taskmill_transaction", default=None)
+#: (broker, connection): the application's own database connection that ``App.transaction`` makes
+#: that broker publish through. Keyed by broker, so another App's sends are not swept into it.
+TRANSACTION: ContextVar[tuple[Any, Any] | None] = ContextVar("taskmill_transaction", default=None)
 
 DELIVERY_LIMIT_TEXT = "its lease expired too often: the message keeps killing or stalling its worker"
 

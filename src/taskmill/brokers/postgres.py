@@ -23,7 +23,7 @@ from taskmill.brokers.base import (
     QueueStats,
     Record,
 )
-from taskmill.errors import LeaseLost
+from taskmill.errors import ConfigurationError, LeaseLost
 from taskmill.postgres_db import Database, migrate, translated
 
 __all__ = ["PostgresBroker"]
@@ -86,8 +86,11 @@ class PostgresBroker(Broker):
         columns = ([r.id for r in records], [r.queue for r in records], [r.priority for r in records],
                    [max(r.delay_ms, 0) for r in records], [r.body for r in records])  # fmt: skip
         queues = sorted({r.queue for r in records})
-        connection = TRANSACTION.get()
-        if connection is not None:  # the caller's transaction: the messages exist only if it commits
+        joined = TRANSACTION.get()
+        if joined is not None and joined[0] is self:  # the caller's transaction: the messages exist only if it commits
+            connection = joined[1]
+            if not isinstance(connection, self.db.connection_class):
+                raise ConfigurationError("App.transaction needs a psycopg (sync) Connection in an open transaction")
             with translated():
                 self._publish_on(connection, columns, queues)
             return

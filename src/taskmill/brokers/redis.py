@@ -2,9 +2,9 @@
 beside this module), so fetch-and-lease, ack and the crash guard are atomic; times come from
 Redis's own clock (``TIME``).
 
-Each queue's keys share the hash tag ``{queue}``, so a queue lives in one Redis Cluster slot; a
-worker that serves several queues at once needs them in one slot, i.e. a single-node Redis (or
-one queue per worker on Cluster). Idle workers wait on Pub/Sub notifications, never polling.
+Each queue's keys share the hash tag ``{queue}``, ready for Redis Cluster, but the client is a
+single-server one: run taskmill on one Redis server (with a replica for failover). Idle workers
+wait on Pub/Sub notifications, never polling.
 """
 
 from __future__ import annotations

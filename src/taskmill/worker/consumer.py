@@ -133,7 +133,7 @@ class Worker:
             self._loop.close()
         self._stopped.set()
         for thread in self._pool[self.threads :]:  # fetch and monitor: they touch the broker
-            if thread is not threading.current_thread():
+            if thread is not threading.current_thread() and thread.is_alive():  # not started: nothing to wait for
                 thread.join(timeout=5)
 
     def _release_unstarted(self) -> None:
