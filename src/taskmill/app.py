@@ -249,7 +249,7 @@ class App:
             for mw in self.middleware:
                 message = mw.before_enqueue(self, message)
             body = message.encode(limit)
-            prepared.append(dataclasses.replace(message, app=self))
+            prepared.append(message if message.app is self else dataclasses.replace(message, app=self))
             records.append(Record(message.id, message.queue, body, message.priority, message.delay_ms))
         broker = self.broker
         if broker.eager:

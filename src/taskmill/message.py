@@ -89,7 +89,8 @@ class Message:
     def encode(self, max_bytes: int | None = None) -> bytes:
         """Validate and encode the envelope as UTF-8 JSON, at most ``max_bytes`` long when given."""
         envelope = self.to_envelope()
-        encoding.validate(envelope, max_bytes)
+        payload = (envelope["args"], envelope["kwargs"], envelope.get("options", {}))
+        encoding.validate(payload, max_bytes)  # the other fields are typed by the dataclass
         body = encoding.dumps(envelope)
         if max_bytes is not None and len(body) > max_bytes:
             raise PayloadTooLarge(len(body), max_bytes)

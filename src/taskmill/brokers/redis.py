@@ -78,22 +78,8 @@ class RedisBroker(Broker):
             by_queue[r.queue].extend((r.id, r.priority, max(r.delay_ms, 0), r.body))
         if not by_queue:
             return
-        from redis.exceptions import NoScriptError
-
-        with translated():
-            for attempt in (1, 2):
-                pipe = self._client.pipeline(transaction=False)  # one round trip for every queue
-                pipe.sadd(f"{self.prefix}:queues", *by_queue)
-                for queue, args in by_queue.items():
-                    self._scripts["publish"](keys=self._keys(queue), args=[self._channel(queue), *args], client=pipe)
-                try:
-                    pipe.execute()
-                    return
-                except NoScriptError:
-                    # redis-py loads scripts before its reconnect-and-retry loop, so a Redis restarted inside
-                    # that loop has an empty script cache. Publishing is idempotent: send it once more.
-                    if attempt == 2:
-                        raise
+        for queue, args in by_queue.items():  # one round trip per queue: EVALSHA, loading the script if needed
+            self._run("publish", [*self._keys(queue), f"{self.prefix}:queues"], [queue, self._channel(queue), *args])
 
     # -- consuming -----------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
