@@ -69,8 +69,10 @@ class Actor(Generic[P, R]):
         ``on_success``/``on_failure`` name an actor to enqueue with the result or an error
         description; ``pipe_ignore`` makes a pipeline step ignore the previous step's result.
         """
+        if not isinstance(args, tuple | list) or not isinstance(kwargs, Mapping | None):
+            raise ArgumentsError(f"{self.name}: args must be a tuple and kwargs a mapping")
         kwargs = dict(kwargs or {})
-        self.check_arguments(args, kwargs, partial=True)
+        self.check_arguments(tuple(args), kwargs, partial=True)
         if priority is not None:
             check_priority(priority)
         if queue is not None:

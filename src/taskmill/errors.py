@@ -26,6 +26,9 @@
 
 from __future__ import annotations
 
+import datetime
+import math
+
 __all__ = [
     "ActorNotFound",
     "ArgumentsError",
@@ -137,6 +140,10 @@ class TaskFailed(ResultError):
 class Retry(Exception):  # a request, not an error: `raise Retry(delay=5)` reads right
     """Raised by an actor to ask for another attempt, optionally after ``delay`` seconds."""
 
-    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+    def __init__(self, delay: float | datetime.timedelta | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
+        if isinstance(delay, datetime.timedelta):
+            delay = delay.total_seconds()
+        if delay is not None and (isinstance(delay, bool) or not 0 <= delay < math.inf):
+            raise ValueError(f"Retry(delay=...) takes seconds >= 0 or a timedelta, not {delay!r}")
         self.delay = delay

@@ -93,7 +93,7 @@ def _actor_name(value: Any) -> Any:
 
 def check_queue(queue: object) -> None:
     """Queue names are non-empty strings of at most 200 characters."""
-    if not isinstance(queue, str) or not queue or len(queue) > 200:
+    if not isinstance(queue, str) or not queue or len(queue) > 200 or "\x00" in queue:
         raise InvalidOptionError(f"queue must be a non-empty str of at most 200 characters, not {queue!r}")
 
 
@@ -105,7 +105,7 @@ def check_priority(priority: object) -> None:
 
 def check_message_id(message_id: object) -> None:
     """Message ids are non-empty strings of at most 200 characters."""
-    if not isinstance(message_id, str) or not message_id or len(message_id) > 200:
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 200 or "\x00" in message_id:
         raise InvalidOptionError(f"message_id must be a non-empty str of at most 200 characters, not {message_id!r}")
 
 
@@ -116,11 +116,14 @@ def delay_ms(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> int
     if eta is not None:
         if not isinstance(eta, dt.datetime):
             raise InvalidOptionError(f"eta must be a datetime, not {type(eta).__name__}")
-        delay = eta.astimezone(dt.UTC) - dt.datetime.now(dt.UTC)
+        try:
+            delay = eta.astimezone(dt.UTC) - dt.datetime.now(dt.UTC)
+        except (ValueError, OverflowError):
+            raise InvalidOptionError(f"eta {eta!r} is out of range") from None
     if delay is None:
         return 0
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         raise InvalidOptionError(f"delay must be seconds or a timedelta, not {delay!r}")
     if seconds > 10 * 365 * 86400:
         raise InvalidOptionError("delay is more than ten years; that is surely a mistake")

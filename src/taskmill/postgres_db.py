@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
@@ -79,7 +79,7 @@ class Database:
             pool_timeout = float(query.pop("pool_timeout", "10"))
         except ValueError:
             raise ConfigurationError("pool_size and pool_timeout must be numbers") from None
-        self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        self.conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query, quote_via=quote)))
         try:
             psycopg.conninfo.conninfo_to_dict(self.conninfo)
         except psycopg.ProgrammingError as exc:

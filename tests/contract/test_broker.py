@@ -659,3 +659,21 @@ def test_the_fetching_instance_hands_over_what_the_crash_guard_buried(broker: Br
         record.id, b"poison", "delivery_limit", broker.max_deliveries,
     )  # fmt: skip
     assert broker.take_buried() == []
+
+
+def test_a_star_is_an_id_like_any_other_when_purging_dead_letters(broker: Broker) -> None:
+    record = rec()
+    dead_letter_all(broker, [record])
+    assert broker.purge_dead(ids=["*"]) == 0
+    assert broker.retry_dead(ids=["*"]) == 0
+    assert ids(broker.dead_letters()) == [record.id]
+
+
+def test_equal_priorities_across_queues_come_oldest_first(broker: Broker) -> None:
+    older, newer = rec("busy"), rec("quiet")
+    broker.publish([rec("busy") for _ in range(3)])
+    for delivery in broker.fetch(["busy"], 3, LEASE_MS):
+        broker.ack_one(delivery)
+    broker.publish([older])
+    broker.publish([newer])
+    assert ids(broker.fetch(["quiet", "busy"], 1, LEASE_MS)) == [older.id]

@@ -343,3 +343,96 @@ def test_time_limit_dead_letters_say_what_the_limit_was(app: App, start_worker: 
     start_worker(threads=1)
     wait_for(lambda: bool(app.broker.dead_letters()))
     assert "time_limit of 0.1 s" in app.broker.dead_letters()[0].error_message
+
+
+def test_time_limits_racing_the_actors_return_never_wedge_the_worker(broker: Broker) -> None:
+    import random
+
+    app = App(broker=broker, lease_seconds=5)
+    done: list[int] = []
+
+    @app.actor(time_limit=0.02, max_retries=0)
+    def close_call(n: int) -> None:
+        deadline = time.monotonic() + random.uniform(0.015, 0.025)
+        while time.monotonic() < deadline:
+            pass
+        done.append(n)
+
+    app.enqueue([close_call.message(n) for n in range(150)])
+    worker = Worker(app, threads=8)
+    worker.start()
+    try:
+        wait_for(lambda: sum(s.ready + s.in_flight for s in broker.stats()) == 0, timeout=60)
+    finally:
+        assert worker.stop(grace=10) is True
+    assert len(done) + len(broker.dead_letters(limit=1000)) >= 150
+
+
+def test_system_exit_in_an_async_actor_does_not_stop_the_event_loop(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    import sys
+
+    done: list[int] = []
+
+    @app.actor(max_retries=0)
+    async def leave() -> None:
+        sys.exit(3)
+
+    @app.actor
+    async def fine(n: int) -> None:
+        done.append(n)
+
+    leave.send()
+    start_worker(threads=2)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert app.broker.dead_letters()[0].error_type == "SystemExit"
+    fine.send(1)
+    wait_for(lambda: done == [1])
+
+
+def test_an_error_text_with_a_lone_surrogate_is_still_dead_lettered(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    @app.actor(max_retries=0)
+    def open_odd_file() -> None:
+        name = b"caf\xe9".decode("utf-8", "surrogateescape")
+        raise FileNotFoundError("no such file: " + name)
+
+    open_odd_file.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    dead = app.broker.dead_letters()[0]
+    assert (dead.reason, dead.error_type) == ("failed", "FileNotFoundError")
+    assert "caf" in dead.error_message
+
+
+def test_a_retry_when_that_raises_dead_letters_the_message(app: App, start_worker: Callable[..., Worker]) -> None:
+    def broken(exc: BaseException, attempt: int) -> bool:
+        raise RuntimeError("bug in retry_when")
+
+    @app.actor(retry_when=broken)
+    def job() -> None:
+        raise ValueError("first problem")
+
+    job.send()
+    start_worker(threads=1)
+    wait_for(lambda: bool(app.broker.dead_letters()))
+    assert app.broker.dead_letters()[0].error_type == "ValueError"
+
+
+def test_retry_accepts_a_timedelta(app: App, start_worker: Callable[..., Worker]) -> None:
+    import datetime
+
+    attempts: list[float] = []
+
+    @app.actor(max_retries=1)
+    def poll() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise Retry(delay=datetime.timedelta(milliseconds=300))
+
+    poll.send()
+    start_worker(threads=1)
+    wait_for(lambda: len(attempts) == 2)
+    assert attempts[1] - attempts[0] >= 0.29

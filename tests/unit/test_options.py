@@ -75,3 +75,43 @@ def test_send_options_are_checked_before_any_io() -> None:
     with pytest.raises(InvalidOptionError):
         noop.send_with_options(queue="")
     assert app.broker.stats() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"delay": float("-inf")},
+        {"delay": float("inf")},
+        {"eta": dt.datetime.min},
+        {"message_id": "a\x00b"},
+        {"queue": "q\x00"},
+    ],
+)
+def test_out_of_range_send_options_are_typed_errors(options: dict[str, Any]) -> None:
+    app = App("memory://")
+
+    @app.actor
+    def job() -> None: ...
+
+    with pytest.raises(InvalidOptionError):
+        job.send_with_options(**options)
+
+
+def test_kwargs_must_be_a_mapping() -> None:
+    from taskmill import ArgumentsError
+
+    app = App("memory://")
+
+    @app.actor
+    def job(a: str = "") -> None: ...
+
+    with pytest.raises(ArgumentsError):
+        job.send_with_options(kwargs="ab")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1, float("inf")])
+def test_retry_refuses_a_delay_it_cannot_wait(bad: float) -> None:
+    from taskmill import Retry
+
+    with pytest.raises(ValueError, match="Retry"):
+        Retry(delay=bad)

@@ -9,6 +9,7 @@ The schema (``?schema=taskmill``) is created and migrated on first use (see post
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +24,12 @@ from taskmill.brokers.base import (
     QueueStats,
     Record,
 )
-from taskmill.errors import ConfigurationError, LeaseLost
+from taskmill.errors import BrokerError, ConfigurationError, LeaseLost
 from taskmill.postgres_db import Database, migrate, translated
 
 __all__ = ["PostgresBroker"]
+
+log = logging.getLogger("taskmill.brokers.postgres")
 
 _HOUSEKEEPING_EVERY = 60.0  # seconds between sweeps of old dead letters, per broker instance
 _DEAD_RETENTION_DAYS = 7
@@ -148,6 +151,12 @@ class PostgresBroker(Broker):
         if time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + _HOUSEKEEPING_EVERY
+        try:
+            self._sweep_dead()
+        except BrokerError as exc:  # the fetch already committed: never fail it for housekeeping
+            log.warning("dead-letter housekeeping failed (%s); it runs again later", exc)
+
+    def _sweep_dead(self) -> None:
         self.db.execute(
             "DELETE FROM {schema}.dead WHERE id IN (SELECT id FROM {schema}.dead"
             " WHERE dead_at < now() - %s * interval '1 day' LIMIT 500)",

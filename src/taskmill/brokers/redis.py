@@ -62,7 +62,8 @@ class RedisBroker(Broker):
     def _keys(self, queue: str) -> list[str]:
         if "{" in queue or "}" in queue:
             raise ConfigurationError(f"queue {queue!r}: Redis queue names cannot contain braces")
-        return [f"{self.prefix}:{{{queue}}}:{name}" for name in _KEY_NAMES]
+        keys = [f"{self.prefix}:{{{queue}}}:{name}" for name in _KEY_NAMES[:-1]]
+        return [*keys, f"{self.prefix}:seq"]  # one sequence for every queue: "oldest first" holds across queues
 
     def _channel(self, queue: str) -> str:
         return f"{self.prefix}:notify:{queue}"
@@ -231,7 +232,7 @@ class RedisBroker(Broker):
     def _on_dead(self, op: str, ids: Sequence[str] | None, queue: str | None) -> int:
         if ids is not None and not ids:
             return 0
-        selection = list(ids) if ids is not None else ["*"]
+        selection = ["ids", *ids] if ids is not None else ["all"]
         names = [queue] if queue is not None else self._known_queues()
         return sum(int(self._run("operate", self._keys(name), [op, *selection])) for name in names)
 

@@ -11,11 +11,11 @@ import logging
 import queue as queue_module
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure
-from taskmill.errors import BrokerError, DecodeError, LeaseLost, TimeLimitExceeded
+from taskmill.errors import BrokerError, DecodeError, LeaseLost
 from taskmill.message import Message
 from taskmill.middleware.retries import retry_delay
 from taskmill.worker.executor import (
@@ -23,6 +23,7 @@ from taskmill.worker.executor import (
     Outcome,
     cancel_interrupt,
     decode,
+    describe,
     failure_from,
     interrupt_thread,
     run,
@@ -49,7 +50,8 @@ class Worker:
         self.lease_ms = int(app.settings.lease_seconds * 1000)
         self._work: queue_module.SimpleQueue[Delivery | None] = queue_module.SimpleQueue()
         self._in_flight: dict[str, Delivery] = {}
-        self._deadlines: dict[int, tuple[float, str]] = {}  # thread id -> (monotonic deadline, message id)
+        self._deadlines: dict[int, float] = {}  # thread id -> monotonic deadline of its sync actor
+        self._deadline_lock = threading.Lock()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -124,6 +126,9 @@ class Worker:
         if self._stopped.is_set():
             return
         self._stopping.set()
+        fetch = self._pool[self.threads] if len(self._pool) > self.threads else None
+        if fetch is not None and fetch is not threading.current_thread() and fetch.is_alive():
+            fetch.join(timeout=5)  # it may be handing acks back: flush after it is done
         self._flush_acks()
         for _ in range(self.threads):
             self._work.put(None)
@@ -243,14 +248,13 @@ class Worker:
         while (delivery := self._work.get()) is not None:
             try:
                 self._handle(delivery)
-            except TimeLimitExceeded:
-                pass  # a time-limit interrupt that arrived just after the actor returned
             except BaseException:  # never let one message kill a worker thread
                 log.exception("internal error while handling message %s", delivery.id)
             finally:
                 with self._changed:
-                    self._in_flight.pop(delivery.id, None)
-                    self._lost.discard(delivery.id)
+                    if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
+                        del self._in_flight[delivery.id]
+                        self._lost.discard(delivery.id)
                     self._changed.notify_all()
 
     def _monitor_loop(self) -> None:
@@ -259,8 +263,8 @@ class Worker:
         next_beat = time.monotonic() + beat_every
         while not self._stopped.wait(0.05):
             now = time.monotonic()
-            with self._changed:
-                for thread_id, (deadline, _) in list(self._deadlines.items()):
+            with self._deadline_lock:
+                for thread_id, deadline in list(self._deadlines.items()):
                     if now >= deadline:
                         del self._deadlines[thread_id]
                         interrupt_thread(thread_id)
@@ -272,36 +276,46 @@ class Worker:
             if not held:
                 continue
             try:
-                for delivery in self.app.broker.extend(held, self.lease_ms):
-                    if delivery.id not in self._lost:
-                        self._lost.add(delivery.id)
-                        log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
+                lost = self.app.broker.extend(held, self.lease_ms)
             except BrokerError as exc:
                 log.warning("heartbeat failed (%s); leases may expire", exc)
+                continue
+            with self._changed:  # an ack in progress is not a lost lease; warn once per delivery
+                fresh = [d for d in lost if self._in_flight.get(d.id) is d and d.id not in self._lost]
+                self._lost.update(d.id for d in fresh)
+            for delivery in fresh:
+                log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
 
     # -- one message ---------------------------------------------------------------------------
     def _handle(self, delivery: Delivery) -> None:
         outcome = decode(self.app, delivery.body)
-        actor, limit = outcome.actor, None
+        actor = outcome.actor
         if actor is not None and not actor.is_async and actor.options.time_limit is not None:
-            limit = actor.options.time_limit
-            self._deadlines[threading.get_ident()] = (time.monotonic() + limit, delivery.id)
-        try:
+            outcome = run(self.app, outcome, self._loop, self._time_limit(actor.options.time_limit))
+        else:
             outcome = run(self.app, outcome, self._loop)
-        finally:
-            if limit is not None:
-                with self._changed:  # the monitor interrupts under this lock, so none can land after this
-                    self._deadlines.pop(threading.get_ident(), None)
-                    cancel_interrupt(threading.get_ident())
         try:
             self._settle(delivery, outcome)
         except LeaseLost:
             log.warning("message %s: lease lost before it was settled; another worker has it", delivery.id)
 
+    @contextlib.contextmanager
+    def _time_limit(self, seconds: float) -> Iterator[None]:
+        """Arm this thread's deadline for the monitor; disarm it, withdrawing an interrupt not yet raised."""
+        ident = threading.get_ident()
+        with self._deadline_lock:  # a plain Lock: its C-level enter leaves no gap for the interrupt
+            self._deadlines[ident] = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            with self._deadline_lock:
+                self._deadlines.pop(ident, None)
+                cancel_interrupt(ident)
+
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         broker, message, actor = self.app.broker, outcome.message, outcome.actor
         logger = actor.logger if actor is not None else log
-        where = _describe(delivery, outcome, self.app.settings.log_args, self.app.settings.log_args_max)
+        where = describe(delivery, outcome, self.app.settings.log_args, self.app.settings.log_args_max)
         if outcome.rejected is not None:
             self._dead_letter(delivery, outcome.rejected, outcome)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
@@ -312,8 +326,12 @@ class Worker:
             return
         assert actor is not None
         assert message is not None
-        delay = retry_delay(actor.options, delivery.deliveries, outcome.error)
         error = outcome.error
+        try:
+            delay = retry_delay(actor.options, delivery.deliveries, error)
+        except Exception:  # a broken retry_when must not leave the message unsettled
+            logger.exception("%s: retry_when failed; dead-lettering the message", where)
+            delay = None
         if delay is None:
             self._dead_letter(delivery, failure_from("failed", error), outcome)
             logger.error("%s failed for good with %s: %s", where, type(error).__qualname__, error, exc_info=error)
@@ -349,7 +367,9 @@ class Worker:
                 return
 
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
-        self._dead_letter_hooks(delivery.id, outcome.message, failure)  # first: a crash in between loses nothing
+        if self.app.broker.extend([delivery], self.lease_ms):  # fenced: a stale holder must not fail the result
+            raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
+        self._dead_letter_hooks(delivery.id, outcome.message, failure)  # before the move: a crash between loses nothing
         self.app.broker.dead_letter(delivery, failure)
 
     def _buried(self, dead: DeadLetter) -> None:
@@ -372,13 +392,3 @@ class Worker:
 def _log_lost_acks(lost: list[Delivery]) -> None:
     for delivery in lost:
         log.warning("message %s: lease lost before its ack; it may have run twice", delivery.id)
-
-
-def _describe(delivery: Delivery, outcome: Outcome, log_args: bool, max_chars: int) -> str:
-    message = outcome.message
-    actor_name = message.actor if message is not None else "?"
-    text = f"message {delivery.id} actor={actor_name} queue={delivery.queue} attempt={delivery.deliveries}"
-    if log_args and message is not None:
-        shown: Any = repr((message.args, dict(message.kwargs)))
-        text += f" args={shown[:max_chars]}{'...' if len(shown) > max_chars else ''}"
-    return text

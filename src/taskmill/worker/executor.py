@@ -11,11 +11,12 @@ import traceback
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskmill import encoding
-from taskmill.brokers.base import Failure
+from taskmill.brokers.base import Delivery, Failure
 from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
 
@@ -24,12 +25,14 @@ if TYPE_CHECKING:
     from taskmill.app import App
 
 log = logging.getLogger("taskmill.worker")
+_UNGUARDED: AbstractContextManager[None] = nullcontext()  # reusable: nullcontext keeps no state
 
 __all__ = [
     "EventLoopThread",
     "Outcome",
     "cancel_interrupt",
     "decode",
+    "describe",
     "execute",
     "failure_from",
     "interrupt_thread",
@@ -60,12 +63,14 @@ class EventLoopThread:
 
     def run(self, coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
         """Run ``coro`` on the loop and wait for it; cancel it and raise TimeLimitExceeded on timeout."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = asyncio.run_coroutine_threadsafe(_shielded(coro), self.loop)
         try:
             return future.result(timeout=time_limit)
         except FutureTimeout:
             future.cancel()
             raise TimeLimitExceeded(f"ran longer than its time_limit of {time_limit} s") from None
+        except _Escaped as escaped:
+            raise escaped.args[0] from None  # SystemExit and friends, on the worker thread where they belong
 
     def close(self) -> None:
         """Stop the loop and its thread."""
@@ -75,10 +80,26 @@ class EventLoopThread:
             self.loop.close()
 
 
+class _Escaped(Exception):
+    """Wraps an exception that would otherwise stop the shared event loop (SystemExit, KeyboardInterrupt)."""
+
+
+async def _shielded(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from None
+
+
 def failure_from(reason: str, error: BaseException) -> Failure:
-    """A dead-letter Failure describing ``error`` (type name, message and traceback text)."""
-    text = "".join(traceback.format_exception(error))
-    return Failure(reason, type(error).__qualname__, str(error), text, exception=error)
+    """A dead-letter Failure describing ``error`` (type name, message and traceback text), valid UTF-8."""
+    text = _printable("".join(traceback.format_exception(error)))
+    return Failure(reason, type(error).__qualname__, _printable(str(error)), text, exception=error)
+
+
+def _printable(text: str) -> str:
+    """Lone surrogates (from surrogateescape-decoded file names, say) cannot be stored by any backend."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decode(app: App, body: bytes) -> Outcome:
@@ -106,8 +127,14 @@ def execute(app: App, body: bytes, loop: EventLoopThread | None) -> Outcome:
     return run(app, decode(app, body), loop)
 
 
-def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
-    """Run a decoded message (see ``decode``), filling in its result or error."""
+def run(
+    app: App, outcome: Outcome, loop: EventLoopThread | None, time_guard: AbstractContextManager[None] = _UNGUARDED
+) -> Outcome:
+    """Run a decoded message (see ``decode``), filling in its result or error.
+
+    ``time_guard`` is entered around the actor call only: a time-limit interrupt that lands while it
+    is disarmed is still an error of this attempt, never an exception loose in the worker.
+    """
     if outcome.rejected is not None:
         return outcome
     message, actor = outcome.message, outcome.actor
@@ -117,7 +144,8 @@ def run(app: App, outcome: Outcome, loop: EventLoopThread | None) -> Outcome:
     try:
         for mw in app.middleware:
             mw.before_process(app, message)
-        called = actor.fn(*message.args, **message.kwargs)
+        with time_guard:
+            called = actor.fn(*message.args, **message.kwargs)
         if actor.is_async and loop is not None:
             outcome.result = loop.run(called, actor.options.time_limit)
         elif actor.is_async:
@@ -185,3 +213,14 @@ def interrupt_thread(thread_id: int) -> None:
 def cancel_interrupt(thread_id: int) -> None:
     """Withdraw an interrupt that has not fired yet (the actor returned just in time)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
+def describe(delivery: Delivery, outcome: Outcome, log_args: bool, max_chars: int) -> str:
+    """One log line's worth of a message: id, actor, queue, attempt, and arguments only when asked (truncated)."""
+    message = outcome.message
+    actor_name = message.actor if message is not None else "?"
+    text = f"message {delivery.id} actor={actor_name} queue={delivery.queue} attempt={delivery.deliveries}"
+    if log_args and message is not None:
+        shown: Any = repr((message.args, dict(message.kwargs)))
+        text += f" args={shown[:max_chars]}{'...' if len(shown) > max_chars else ''}"
+    return text

@@ -128,6 +128,7 @@ class Supervisor:
         self.children: list[BaseProcess | None] = [None] * config.processes
         self.signals = 0
         self.reload = threading.Event()
+        self.retiring: set[int] = set()  # pids a reload has asked to stop
         self._restarts: list[float] = []
 
     def _spawn(self, slot: int) -> None:
@@ -135,16 +136,19 @@ class Supervisor:
         process.start()
         self.children[slot] = process
 
-    def _signal_children(self, signum: int) -> None:
+    def _signal_children(self, signum: int, *, skip: set[int] | frozenset[int] = frozenset()) -> None:
         for child in self.children:
-            if child is not None and child.is_alive() and child.pid is not None:
+            if child is not None and child.is_alive() and child.pid is not None and child.pid not in skip:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signum)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         """First signal: graceful stop; second: hard stop."""
         self.signals += 1
-        self._signal_children(signal.SIGTERM if self.signals == 1 else signal.SIGUSR1)
+        if self.signals == 1:  # children a reload already asked to stop must not count this as a second signal
+            self._signal_children(signal.SIGTERM, skip=self.retiring)
+        else:
+            self._signal_children(signal.SIGUSR1)
 
     def run(self) -> int:
         """Spawn, watch and restart children until stopped; returns the exit code."""
@@ -155,12 +159,15 @@ class Supervisor:
             if self.reload.is_set() and not self.signals:
                 self.reload.clear()
                 log.info("code changed: restarting workers")
+                self.retiring = {c.pid for c in self.children if c is not None and c.pid is not None}
                 self._signal_children(signal.SIGTERM)
                 for child in self.children:
                     if child is not None:
                         child.join()
-                for slot in range(self.config.processes):
-                    self._spawn(slot)
+                self.retiring = set()
+                if not self.signals:  # a stop asked for during the reload wins over the reload
+                    for slot in range(self.config.processes):
+                        self._spawn(slot)
             for slot, child in enumerate(self.children):
                 if child is None or child.is_alive() or done[slot]:
                     continue

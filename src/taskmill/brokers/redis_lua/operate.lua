@@ -1,4 +1,4 @@
--- Operations on one queue. KEYS: its group. ARGV: op, then ids ('*' alone means all).
+-- Operations on one queue. KEYS: its group. ARGV: op, then 'all' or 'ids' followed by the ids.
 --   purge: delete ready and delayed messages (and expired leases) | retry_dead | purge_dead
 -- Returns how many messages it changed.
 local k = queue_keys(1)
@@ -13,8 +13,8 @@ if op == 'purge' then
   return count
 end
 local ids = {}
-if ARGV[2] == '*' and #ARGV == 2 then ids = redis.call('ZRANGE', k.dead, 0, -1)
-else for i = 2, #ARGV do table.insert(ids, ARGV[i]) end end
+if ARGV[2] == 'all' then ids = redis.call('ZRANGE', k.dead, 0, -1)
+else for i = 3, #ARGV do table.insert(ids, ARGV[i]) end end
 for _, id in ipairs(ids) do
   if redis.call('ZSCORE', k.dead, id) then
     if op == 'purge_dead' then
