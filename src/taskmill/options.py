@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -77,12 +77,6 @@ class ActorOptions:
             not isinstance(self.time_limit, (int, float)) or not 0 < self.time_limit < math.inf
         ):
             raise InvalidOptionError(f"time_limit must be a positive number of seconds, not {self.time_limit!r}")
-
-    def merged(self, **changes: Any) -> ActorOptions:
-        """A copy with ``changes`` applied and checked."""
-        options = replace(self, **changes)
-        options.check()
-        return options
 
 
 def _actor_name(value: Any) -> Any:

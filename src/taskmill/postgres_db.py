@@ -1,6 +1,6 @@
 """The PostgreSQL connection the PostgreSQL broker and result store share: a psycopg pool, the
 schema's numbered migrations (``postgres_sql/NNN_*.sql``, applied once under an advisory lock),
-LISTEN/NOTIFY waits, and psycopg's errors turned into taskmill's typed ones.
+LISTEN/NOTIFY waits (``Listener``), and psycopg's errors turned into taskmill's typed ones.
 
 URL: ``postgresql://user:password@host:port/dbname?schema=taskmill&pool_size=10&pool_timeout=10``;
 any other query option (``sslmode``, ``application_name``...) goes to libpq unchanged.
@@ -104,8 +104,6 @@ class Database:
             else:
                 self.behind = gap
         self._psycopg = psycopg
-        self._listener: Any = None
-        self._listen_lock = threading.Lock()
 
     def migration_gap(self) -> str | None:
         """Why the schema lacks migrations this version ships, or None when it is up to date."""
@@ -140,37 +138,8 @@ class Database:
             cursor = conn.execute(self.sql(text), params)
             return cursor.fetchall() if cursor.description else []
 
-    def wait_for_notify(self, ready: Callable[[], float], timeout: float) -> None:
-        """Wait for a NOTIFY on the schema's channel, or until ``ready()`` says something is due.
-
-        ``ready()`` returns seconds until something is due (0: now, negative: nothing scheduled);
-        it is asked after LISTEN is in place, so a commit in between still wakes the waiter.
-        """
-        deadline = time.monotonic() + timeout
-        with self._listen_lock, translated(on_error=self._drop_listener):
-            if self._listener is None or self._listener.closed:
-                self._listener = self._psycopg.connect(self.conninfo, autocommit=True)
-                self._listener.execute(f"LISTEN {self.channel}")
-            for _ in self._listener.notifies(timeout=0):
-                pass  # stale notifications: the look below covers them
-            due = ready()
-            if due >= 0:
-                deadline = min(deadline, time.monotonic() + due)
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                for _ in self._listener.notifies(timeout=remaining, stop_after=1):
-                    pass
-
-    def _drop_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                self._listener.close()
-            self._listener = None
-
     def close(self) -> None:
-        """Close the listening connection and every pooled one."""
-        with self._listen_lock:
-            self._drop_listener()
+        """Close every pooled connection."""
         self.pool.close()
 
 
@@ -179,7 +148,6 @@ class Listener:
 
     No thread of its own either: a waiter that finds nobody reading the connection reads it for everyone
     (until its own timeout or the first notification), then wakes the others, one of which takes over.
-    Unlike ``Database.wait_for_notify``, waiters never queue behind each other.
     """
 
     def __init__(self, conninfo: str, channel: str) -> None:

@@ -63,9 +63,3 @@ def translated(on_error: Callable[[], None] | None = None) -> Iterator[None]:
         if on_error is not None:
             on_error()
         raise BrokerError(f"Redis error: {exc}") from exc
-
-
-def call(operation: Callable[[], T]) -> T:
-    """Run one Redis operation with typed errors."""
-    with translated():
-        return operation()

@@ -25,7 +25,7 @@ from taskmill.brokers.base import (
     Record,
 )
 from taskmill.errors import BrokerError, ConfigurationError, LeaseLost
-from taskmill.postgres_db import Database, migrate, translated
+from taskmill.postgres_db import Database, Listener, migrate, translated
 
 __all__ = ["PostgresBroker"]
 
@@ -72,6 +72,7 @@ class PostgresBroker(Broker):
     def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         self.db = Database(url)
+        self._listener = Listener(self.db.conninfo, self.db.channel)
         self._next_housekeeping = 0.0
 
     @property
@@ -171,7 +172,10 @@ class PostgresBroker(Broker):
             )
             return -1.0 if rows[0][0] is None else max(float(rows[0][0]), 0.0)
 
-        self.db.wait_for_notify(due_in, timeout)
+        with self._listener.watch("") as wait:  # LISTEN is in place before the look: no commit slips by
+            due = due_in()
+            if due != 0.0:
+                wait(timeout if due < 0 else min(timeout, due))
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         if not deliveries:
@@ -275,6 +279,7 @@ class PostgresBroker(Broker):
             return migrate(self.db)
 
     def close(self) -> None:
+        self._listener.close()
         self.db.close()
 
 
