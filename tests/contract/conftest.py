@@ -123,3 +123,15 @@ def sqlite_path(tmp_path: Path) -> Path:
 def sqlite_url(sqlite_path: Path) -> str:
     """The URL of a fresh SQLite broker file, for tests that open several brokers on it."""
     return _sqlite_url(sqlite_path)
+
+
+@pytest.fixture
+def redis_test_url(request: pytest.FixtureRequest) -> str:
+    """A Redis URL with a prefix of this test's own (see ``redis_url``)."""
+    return redis_url(request)
+
+
+@pytest.fixture
+def postgres_test_url(request: pytest.FixtureRequest) -> str:
+    """A PostgreSQL URL with a schema of this test's own (see ``postgres_url``)."""
+    return postgres_url(request)

@@ -6,15 +6,14 @@ from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
-from conftest import postgres_url
 
 from taskmill import App, BrokerUnavailable, ConfigurationError
 from taskmill.brokers import Record, open_broker
 
 
 @pytest.fixture
-def url(request: pytest.FixtureRequest) -> str:
-    return postgres_url(request)
+def url(postgres_test_url: str) -> str:
+    return postgres_test_url
 
 
 @pytest.fixture

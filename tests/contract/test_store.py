@@ -469,11 +469,9 @@ def test_deleting_an_expired_key_says_nothing_was_there(store: Store) -> None:
     assert [store.delete(k) for k in ("gone", "gone-counter", "gone-set")] == [False, False, False]
 
 
-def test_the_redis_result_store_accepts_the_brokers_url_options(request: pytest.FixtureRequest) -> None:
-    from conftest import redis_url
-
+def test_the_redis_result_store_accepts_the_brokers_url_options(redis_test_url: str) -> None:
     from taskmill.results import open_store
 
-    with closing(open_store(redis_url(request) + "&dead_retention=60")) as store:
+    with closing(open_store(redis_test_url + "&dead_retention=60")) as store:
         store.put("k", b"v", 1000)
         assert store.get("k") == b"v"
