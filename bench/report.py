@@ -239,7 +239,7 @@ def render(results: dict[str, Any], keep_from: Path | None = None) -> str:
         scaled=_scaled(results),
     ).splitlines()
     states = meta.get("source_states", [])
-    if len(states) > 1:
+    if len({state.rsplit("src digest ", 1)[-1] for state in states}) > 1:
         out += [
             "",
             "**Warning: taskmill's source changed while this run went on, so its figures mix versions: "

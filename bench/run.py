@@ -180,6 +180,10 @@ def source_state() -> str:
     return f"{commit}{' + uncommitted changes' if dirty else ''} (src digest {digest.hexdigest()[:10]})"
 
 
+def _digest(state: str) -> str:
+    return state.rsplit("src digest ", 1)[-1]
+
+
 def machine(command: str) -> dict[str, Any]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -213,9 +217,12 @@ def main() -> None:
     )
     parser.add_argument("--reps", type=int, help="repetitions of each figure (default 3; 1 with --quick)")
     parser.add_argument("--only", help="comma-separated system keys (see systems/__init__.py)")
-    parser.add_argument("--json", type=Path, default=BENCH / "results" / "latest.json")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path, help="default bench/results/latest.json (quick: quick.json)")
+    parser.add_argument("--markdown", type=Path, help="default docs/benchmarks.md (quick: bench/results/quick.md)")
     args = parser.parse_args()
+    # A smoke test never overwrites the published table.
+    args.json = args.json or BENCH / "results" / ("quick.json" if args.quick else "latest.json")
+    args.markdown = args.markdown or (BENCH / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md")
     set_subreaper()
     try:
         _redis().ping()
@@ -258,7 +265,7 @@ def run_all(entries: list[Entry], plan: dict[str, int], reps: int, results: dict
                     n = size(entry, scenario, plan)
                     if entry.module.startswith("taskmill"):
                         state = source_state()
-                        if state != results["meta"]["source_states"][-1]:
+                        if _digest(state) != _digest(results["meta"]["source_states"][-1]):
                             results["meta"]["source_states"].append(state)
                             log(f"WARNING: taskmill's source changed during the run, now {state}")
                     result = run_one(entry, scenario, n, workdir, f"{entry.key}-{scenario}-{rep}", args.quick)
