@@ -28,7 +28,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from systems import BY_KEY  # noqa: E402
+from systems import BY_KEY, servers  # noqa: E402
 from systems.base import DONE, EXECS, FIRST, IDS, LATENCY, System, redis_client  # noqa: E402
 
 BULK_BATCH = 1000
@@ -279,6 +279,7 @@ def main() -> None:
     redis_client().flushdb()
     result: dict[str, Any]
     try:
+        servers.reset(entry.module)  # PostgreSQL schema dropped, RabbitMQ vhost emptied (else nothing)
         system: System = importlib.import_module(f"systems.{entry.module}").system()
         label = {
             "concurrency": system.concurrency,

@@ -17,6 +17,8 @@ THROUGHPUT = ["enqueue_seq", "enqueue_bulk", "drain", "drain_io"]
 TITLES = {
     "redis": "Redis: one worker process x 8 threads (or the nearest equivalent)",
     "redis-best": "Redis: each system's best configuration on these cores",
+    "rabbitmq": "RabbitMQ: one worker process x 8 threads (or the nearest equivalent)",
+    "postgres": "PostgreSQL: one worker process x 8 threads",
     "sqlite": "Embedded SQLite",
     "reference": "Reference: no framework",
 }
@@ -78,6 +80,16 @@ def system_table(results: dict[str, Any], table: str) -> list[str]:
             f"| {cell(lat, 'rss_mb', lambda v: f'{v:.1f}')} | {correctness(runs)} |"
         )
     return lines
+
+
+def skipped(results: dict[str, Any], table: str) -> list[str]:
+    """One line per system of this table that did not run, with the reason (run.py's preflight)."""
+    meta = results["meta"]["systems"]
+    return [
+        f"- **{key} skipped**: {reason}"
+        for key, reason in results.get("skipped", {}).items()
+        if meta.get(key, {}).get("table") == table
+    ]
 
 
 def paired(ours: dict[str, Any], theirs: dict[str, Any], field: str) -> tuple[float, float, float] | None:
@@ -185,16 +197,29 @@ def failures(results: dict[str, Any]) -> list[str]:
 INTRO = """\
 # Benchmarks
 
-taskmill against Dramatiq, Celery, RQ, Huey and Taskiq on the same Redis and in the same run, plus
-the embedded SQLite brokers and a framework-free ceiling. Reproduce with:
+taskmill against Dramatiq, Celery, RQ, Huey and Taskiq on the same Redis, against Dramatiq and
+Celery on the same RabbitMQ, on PostgreSQL and on the embedded SQLite brokers, all in the same run,
+plus a framework-free ceiling. Reproduce with:
 
 ```bash
-bash bench/run.sh            # full run, about 40 minutes; --quick is a 2-minute smoke test
+bash bench/run.sh            # full run, about 50 minutes; --quick is a 2-minute smoke test
 ```
 
 It creates `bench/.venv`, installs the pinned peers (`bench/requirements.txt`) and taskmill from
-this checkout, needs Redis on 127.0.0.1:6379 (it uses db 14 only and flushes it between runs), and
-writes this page and `bench/results/latest.json`. `--only taskmill,huey` runs a subset;
+this checkout, and writes this page and `bench/results/latest.json`. It needs:
+
+- Redis on 127.0.0.1:6379: every system's bookkeeping, and the Redis brokers (db 14 only, flushed
+  between runs);
+- RabbitMQ on 127.0.0.1:5672 with guest/guest, and `rabbitmqctl` on the PATH (or
+  `BENCH_RABBITMQCTL`, e.g. `docker exec rabbitmq rabbitmqctl`): the bench creates a vhost `bench`
+  (guest gets every permission there) and deletes every queue in it between runs;
+- PostgreSQL on 127.0.0.1:5432, user `postgres` without a password, database `test`: taskmill uses
+  the schema `taskmill_bench`, dropped between runs (`BENCH_POSTGRES_URL` and `BENCH_AMQP_URL`
+  point elsewhere).
+
+A system whose server is not reachable, or whose module does not import, is skipped and listed
+with the reason. `--only taskmill,huey` runs a subset (`--only taskmill-rabbitmq,dramatiq-rabbitmq`,
+`--only taskmill-postgres`; keys in `bench/systems/__init__.py`);
 `bench/.venv/bin/python bench/profile_worker.py taskmill` profiles a worker while it drains.
 
 ## This run
@@ -202,7 +227,7 @@ writes this page and `bench/results/latest.json`. `--only taskmill,huey` runs a 
 - Date: {date}; command: `{command}`{quick}
 - Machine: {nproc} cores ({cpu}), shared and noisy; load average {load_start} at the start,
   {load_end} at the end
-- Python {python}, Redis server {redis}, taskmill at {commit}
+- Python {python}, servers: {servers}; taskmill at {commit}
 - Packages: {packages}
 - Each figure is the median of {reps} repetition{plural}{spread}; the run took {minutes:.0f} minutes.
 - Sizes: {seq:,} sequential sends; {bulk:,} bulk sends in batches of 1,000; {drain:,} no-op messages
@@ -224,7 +249,7 @@ def render(results: dict[str, Any], keep_from: Path | None = None) -> str:
         load_start=_load(meta.get("loadavg_start")),
         load_end=_load(meta.get("loadavg_end")),
         python=meta["python"],
-        redis=meta["redis_server"],
+        servers=", ".join(f"{k} {v}" for k, v in meta.get("servers", {"Redis": meta["redis_server"]}).items()),
         commit=meta["taskmill_commit"],
         packages=", ".join(f"{k} {v}" for k, v in meta["packages"].items()),
         reps=reps,
@@ -247,16 +272,21 @@ def render(results: dict[str, Any], keep_from: Path | None = None) -> str:
             + ". Re-run on a quiet tree for comparable figures.**",
         ]
     out.append("")
-    for table in ("redis", "redis-best", "sqlite", "reference"):
+    for table in ("redis", "redis-best", "rabbitmq", "postgres", "sqlite", "reference"):
         lines = system_table(results, table) if table != "reference" else []
         ratios = ratio_table(results, table)
         if table == "reference":
             lines = reference(results)
             if results["runs"].get("ceiling"):
                 lines += ["", *system_table(results, "reference")]
-        if not lines:
+        not_run = skipped(results, table)
+        if not lines and not not_run:
             continue
-        out += [f"## {TITLES[table]}", "", *lines, ""]
+        out += [f"## {TITLES[table]}", ""]
+        if lines:
+            out += [*lines, ""]
+        if not_run:
+            out += [*not_run, ""]
         if ratios:
             out += [*ratios, ""]
     problems = failures(results)
@@ -294,7 +324,8 @@ METHOD = """\
 
 - Every system runs the same three task bodies (`bench/systems/base.py`): each does one pipelined
   round trip to Redis db 14 (SADD of the message's unique id, INCR of an execution counter), so the
-  bookkeeping costs every system the same. The I/O task sleeps 10 ms first; the latency task pushes
+  bookkeeping costs every system the same, whatever its broker (RabbitMQ and PostgreSQL systems
+  keep it in Redis too). The I/O task sleeps 10 ms first; the latency task pushes
   its start time minus the send time it received as an argument.
 - **enqueue/s**: one producer, N sequential sends (`actor.send`, `task.delay`, `queue.enqueue`,
   `await task.kiq`), no worker running. **bulk enqueue/s**: the system's batch API in batches of
@@ -319,6 +350,13 @@ METHOD = """\
   receipt by default and Huey on dequeue, so neither redelivers after a crash; taskmill, Dramatiq
   and Taskiq on streams ack after the task), and no result backend anywhere.
 - RQ has no threads: its default worker runs one job at a time and forks a work horse per job.
+- RabbitMQ: every system waits for publisher confirms (taskmill by default, Dramatiq with
+  `confirm_delivery=True`, Celery with `confirm_publish`) and acks after the task (Celery with
+  `task_acks_late` and `worker_prefetch_multiplier=1`), so the three promise the same delivery.
+  Before each run every queue of the `bench` vhost is deleted.
+- PostgreSQL: the `taskmill_bench` schema is dropped before each run, so each run's first send
+  also creates the tables (outside every timed figure: the sequential and bulk figures start after
+  a first send, the drain after the queue is filled).
 - The scenarios are interleaved (scenario, then repetition, then system), so a noisy minute on this
   shared machine falls on every system alike; read the ratios rather than the absolute figures.
 """

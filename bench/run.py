@@ -1,7 +1,10 @@
 """THE benchmark command: ``bash bench/run.sh [--quick]`` (which runs this file in bench/.venv).
 
-Runs every system of systems.REGISTRY against the same Redis (db 14, flushed between runs) and the
-embedded SQLite brokers, in one run. Scenarios are interleaved (scenario -> repetition -> system),
+Runs every system of systems.REGISTRY against the same Redis (db 14, flushed between runs), RabbitMQ
+(vhost bench, emptied between runs), PostgreSQL (database test, schema taskmill_bench, dropped
+between runs) and the embedded SQLite brokers, in one run. A system whose module does not import
+(say, a taskmill without that broker yet) or whose server is not reachable is skipped, and the
+report says why. Scenarios are interleaved (scenario -> repetition -> system),
 so a noisy minute on this shared machine hits every system alike. Each repetition of each system
 runs in its own subprocess (driver.py) with a timeout; a failure is recorded with its error and the
 run goes on. Writes bench/results/latest.json and docs/benchmarks.md.
@@ -33,7 +36,7 @@ sys.path.insert(0, str(BENCH))
 
 from driver import kill_tree, set_subreaper  # noqa: E402
 from report import render  # noqa: E402
-from systems import REGISTRY, Entry  # noqa: E402
+from systems import REGISTRY, Entry, servers  # noqa: E402
 from systems.base import REDIS_URL  # noqa: E402
 
 SCENARIOS = ["enqueue_seq", "enqueue_bulk", "drain", "drain_io", "latency"]
@@ -45,6 +48,8 @@ QUICK_ENV = {"BENCH_IDLE": "1.0", "BENCH_SETTLE": "0.3"}  # shorter waits in the
 TABLE_SCENARIOS = {
     "redis": SCENARIOS,
     "redis-best": ["drain", "drain_io", "latency"],
+    "rabbitmq": SCENARIOS,
+    "postgres": SCENARIOS,
     "sqlite": SCENARIOS,
     "reference": ["enqueue_seq", "enqueue_bulk", "drain", "latency"],
 }
@@ -61,9 +66,14 @@ PACKAGES = [
     "taskiq-redis",
     "redis",
     "hiredis",
+    "aio-pika",
+    "pika",
+    "amqp",
+    "psycopg",
     "orjson",
     "psutil",
 ]
+SERVERS = {"postgres": "PostgreSQL", "rabbitmq": "RabbitMQ"}  # besides Redis, by module suffix
 
 
 def log(text: str) -> None:
@@ -204,6 +214,7 @@ def machine(command: str) -> dict[str, Any]:
         "cpu": cpu,
         "python": platform.python_version(),
         "redis_server": _redis().info("server").get("redis_version", "?"),
+        "servers": {"Redis": _redis().info("server").get("redis_version", "?")},
         "packages": versions,
         "taskmill_commit": source_state(),
         "loadavg_start": os.getloadavg(),
@@ -234,10 +245,15 @@ def main() -> None:
     entries = [e for e in REGISTRY if not (args.quick and e.table == "redis-best")]
     if args.only:
         wanted = {k.strip() for k in args.only.split(",")}
+        unknown = wanted - {e.key for e in REGISTRY}
+        if unknown:
+            sys.exit(f"unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(e.key for e in REGISTRY)}")
         entries = [e for e in REGISTRY if e.key in wanted]
     command = "bash bench/run.sh" + ("".join(f" {a}" for a in sys.argv[1:]) if sys.argv[1:] else "")
     results: dict[str, Any] = {"meta": machine(command), "plan": plan, "reps": reps, "quick": args.quick, "runs": {}}
     results["meta"]["systems"] = {e.key: {"table": e.table, "module": e.module, "env": e.env} for e in entries}
+    results["skipped"] = preflight(entries, results["meta"]["servers"])
+    entries = [e for e in entries if e.key not in results["skipped"]]
     results["meta"]["source_states"] = [results["meta"]["taskmill_commit"]]
     begun = time.monotonic()
 
@@ -251,6 +267,56 @@ def main() -> None:
     args.markdown.write_text(markdown)
     print(markdown)
     log(f"wrote {args.json} and {args.markdown} in {time.monotonic() - begun:.0f} s")
+
+
+def preflight(entries: list[Entry], versions: dict[str, str]) -> dict[str, str]:
+    """The systems that cannot run here, with the reason: their server is not reachable (checked
+    once per backend; RabbitMQ's vhost is created when missing) or their module does not import."""
+    skipped: dict[str, str] = {}
+    for backend, title in SERVERS.items():
+        users = [e for e in entries if servers.backend_of(e.module) == backend]
+        if not users:
+            continue
+        problem = servers.check(backend)
+        if problem:
+            for entry in users:
+                skipped[entry.key] = f"{title} is not usable: {problem}"
+        else:
+            versions[title] = servers.version(backend) or "?"
+    modules = sorted({e.module for e in entries if e.key not in skipped})
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, *modules],
+        cwd=BENCH,
+        env=dict(os.environ, PYTHONPATH=str(BENCH)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        failed: dict[str, str] = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        failed = dict.fromkeys(modules, f"the import probe failed: {probe.stderr.strip()[-500:]}")
+    for entry in entries:
+        if entry.module in failed and entry.key not in skipped:
+            skipped[entry.key] = f"systems/{entry.module}.py does not import: {failed[entry.module]}"
+    for key, reason in skipped.items():
+        log(f"SKIPPED {key}: {reason}")
+    return skipped
+
+
+# Imports each system module named on its command line in one fresh interpreter (cwd bench/); prints
+# {module: "ExceptionType: text"} for those that fail. The modules only build their (lazy) clients.
+PROBE = """
+import importlib, json, sys
+failed = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module("systems." + name)
+    except BaseException as exc:
+        failed[name] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(failed))
+"""
 
 
 def run_all(entries: list[Entry], plan: dict[str, int], reps: int, results: dict[str, Any], args: Any) -> None:
@@ -283,6 +349,9 @@ def run_all(entries: list[Entry], plan: dict[str, int], reps: int, results: dict
     finally:
         kill_tree()
         _flush()
+        for module in {e.module for e in entries}:  # leave the PostgreSQL schema and RabbitMQ vhost empty
+            with contextlib.suppress(Exception):
+                servers.reset(module)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

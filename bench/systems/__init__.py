@@ -1,7 +1,8 @@
 """The systems under test, one module each; REGISTRY names every configuration the bench runs.
 
-Adding a backend (RabbitMQ, PostgreSQL, ...) is one more module with a ``system()`` function and
-one more Entry here.
+Adding a system is one more module with a ``system()`` function and one more Entry here. A module
+is named ``<system>_<backend>``; the backend suffix (``postgres``, ``rabbitmq``) tells servers.py
+which server to clean before each run and run.py which server must be reachable.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ class Entry:
 
     key: str  # unique, used on the command line (--only) and in the JSON
     module: str  # systems.<module>
-    table: str  # "redis" (1 process x 8 threads), "redis-best", "sqlite", "reference"
+    table: str  # "redis" (1 process x 8 threads), "redis-best", "rabbitmq", "postgres", "sqlite", "reference"
     env: dict[str, str] = field(default_factory=dict)  # read by the module in producer and worker
 
 
@@ -32,6 +33,12 @@ REGISTRY: list[Entry] = [
     Entry("dramatiq-2p", "dramatiq_redis", "redis-best", {"BENCH_PROCESSES": "2"}),
     Entry("celery-prefork", "celery_redis", "redis-best", {"BENCH_POOL": "prefork"}),
     Entry("huey-2p", "huey_redis", "redis-best", {"BENCH_PROCESSES": "2"}),
+    # RabbitMQ (the bench's vhost), one worker process x 8 threads.
+    Entry("taskmill-rabbitmq", "taskmill_rabbitmq", "rabbitmq"),
+    Entry("dramatiq-rabbitmq", "dramatiq_rabbitmq", "rabbitmq"),
+    Entry("celery-rabbitmq", "celery_rabbitmq", "rabbitmq"),
+    # PostgreSQL (database test, the bench's schemas), one worker process x 8 threads.
+    Entry("taskmill-postgres", "taskmill_postgres", "postgres"),
     # The embedded SQLite brokers.
     Entry("taskmill-sqlite", "taskmill_sqlite", "sqlite", {"BENCH_SYNCHRONOUS": "full"}),
     Entry("taskmill-sqlite-normal", "taskmill_sqlite", "sqlite", {"BENCH_SYNCHRONOUS": "normal"}),
