@@ -198,8 +198,8 @@ INTRO = """\
 # Benchmarks
 
 taskmill against Dramatiq, Celery, RQ, Huey and Taskiq on the same Redis, against Dramatiq and
-Celery on the same RabbitMQ, on PostgreSQL and on the embedded SQLite brokers, all in the same run,
-plus a framework-free ceiling. Reproduce with:
+Celery on the same RabbitMQ, against Procrastinate on the same PostgreSQL, and on the embedded
+SQLite brokers, all in the same run, plus a framework-free ceiling. Reproduce with:
 
 ```bash
 bash bench/run.sh            # full run, about 50 minutes; --quick is a 2-minute smoke test
@@ -214,12 +214,13 @@ this checkout, and writes this page and `bench/results/latest.json`. It needs:
   `BENCH_RABBITMQCTL`, e.g. `docker exec rabbitmq rabbitmqctl`): the bench creates a vhost `bench`
   (guest gets every permission there) and deletes every queue in it between runs;
 - PostgreSQL on 127.0.0.1:5432, user `postgres` without a password, database `test`: taskmill uses
-  the schema `taskmill_bench`, dropped between runs (`BENCH_POSTGRES_URL` and `BENCH_AMQP_URL`
-  point elsewhere).
+  the schema `taskmill_bench` and Procrastinate `procrastinate_bench`, dropped between runs.
+
+Set `BENCH_POSTGRES_URL` or `BENCH_AMQP_URL` to use other servers.
 
 A system whose server is not reachable, or whose module does not import, is skipped and listed
 with the reason. `--only taskmill,huey` runs a subset (`--only taskmill-rabbitmq,dramatiq-rabbitmq`,
-`--only taskmill-postgres`; keys in `bench/systems/__init__.py`);
+`--only taskmill-postgres,procrastinate`; keys in `bench/systems/__init__.py`);
 `bench/.venv/bin/python bench/profile_worker.py taskmill` profiles a worker while it drains.
 
 ## This run
@@ -346,17 +347,20 @@ METHOD = """\
   end of each (the driver is a child subreaper, so re-parented grandchildren are found too). A
   system that fails is listed under Failures with its error, never dropped.
 - Each system runs with its own defaults: log levels (taskmill, RQ and Huey log a line per message
-  at their default INFO level; Dramatiq and Celery log none), delivery semantics (Celery acks on
-  receipt by default and Huey on dequeue, so neither redelivers after a crash; taskmill, Dramatiq
-  and Taskiq on streams ack after the task), and no result backend anywhere.
+  at their default INFO level, Procrastinate two; Dramatiq and Celery log none), delivery semantics
+  (on Redis, Celery acks on receipt by default and Huey on dequeue, so neither redelivers after a
+  crash; taskmill, Dramatiq and Taskiq on streams ack after the task), and no result backend
+  anywhere.
 - RQ has no threads: its default worker runs one job at a time and forks a work horse per job.
 - RabbitMQ: every system waits for publisher confirms (taskmill by default, Dramatiq with
   `confirm_delivery=True`, Celery with `confirm_publish`) and acks after the task (Celery with
   `task_acks_late` and `worker_prefetch_multiplier=1`), so the three promise the same delivery.
   Before each run every queue of the `bench` vhost is deleted.
-- PostgreSQL: the `taskmill_bench` schema is dropped before each run, so each run's first send
-  also creates the tables (outside every timed figure: the sequential and bulk figures start after
-  a first send, the drain after the queue is filled).
+- PostgreSQL: the `taskmill_bench` and `procrastinate_bench` schemas are dropped before each run.
+  taskmill creates its tables on the run's first send, Procrastinate's are applied when the
+  producer starts; both outside every timed figure (the sequential and bulk figures start after a
+  first send, the drain after the queue is filled). Procrastinate runs sync tasks in threads, at
+  most `--concurrency 8` at once, and its `defer` takes keyword arguments only.
 - The scenarios are interleaved (scenario, then repetition, then system), so a noisy minute on this
   shared machine falls on every system alike; read the ratios rather than the absolute figures.
 """

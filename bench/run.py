@@ -70,6 +70,7 @@ PACKAGES = [
     "pika",
     "amqp",
     "psycopg",
+    "procrastinate",
     "orjson",
     "psutil",
 ]

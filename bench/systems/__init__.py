@@ -39,6 +39,7 @@ REGISTRY: list[Entry] = [
     Entry("celery-rabbitmq", "celery_rabbitmq", "rabbitmq"),
     # PostgreSQL (database test, the bench's schemas), one worker process x 8 threads.
     Entry("taskmill-postgres", "taskmill_postgres", "postgres"),
+    Entry("procrastinate", "procrastinate_postgres", "postgres"),
     # The embedded SQLite brokers.
     Entry("taskmill-sqlite", "taskmill_sqlite", "sqlite", {"BENCH_SYNCHRONOUS": "full"}),
     Entry("taskmill-sqlite-normal", "taskmill_sqlite", "sqlite", {"BENCH_SYNCHRONOUS": "normal"}),

@@ -1,7 +1,8 @@
 """The PostgreSQL and RabbitMQ servers the bench uses, and how it cleans them between runs.
 
 PostgreSQL: database ``test`` on 127.0.0.1:5432; taskmill's tables live in the schema
-``taskmill_bench``, dropped before every run (as the Redis systems' db 14 is flushed).
+``taskmill_bench`` and Procrastinate's in ``procrastinate_bench``, both dropped before every run (as
+the Redis systems' db 14 is flushed).
 RabbitMQ: a vhost of its own, ``bench`` (created with rabbitmqctl when missing, guest given every
 permission there), so cleaning it never touches another vhost: before every run each queue in it
 is deleted (names from ``rabbitmqctl list_queues``, deletion over AMQP).
@@ -20,7 +21,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-POSTGRES_SCHEMA = "taskmill_bench"  # taskmill's tables; peers on PostgreSQL get schemas of their own
+POSTGRES_SCHEMA = "taskmill_bench"  # taskmill's tables
+PROCRASTINATE_SCHEMA = "procrastinate_bench"  # the peer's, in a schema of its own
 APPLICATION_NAME = "taskmill-bench"  # every bench connection says so, to tell them from others'
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/bench")
 RABBITMQCTL = shlex.split(os.environ.get("BENCH_RABBITMQCTL", "rabbitmqctl"))
@@ -44,7 +46,7 @@ def postgres_version() -> str:
         return str(row[0]).split()[0] if row else "?"
 
 
-def reset_postgres(schemas: tuple[str, ...] = (POSTGRES_SCHEMA,)) -> None:
+def reset_postgres(schemas: tuple[str, ...] = (POSTGRES_SCHEMA, PROCRASTINATE_SCHEMA)) -> None:
     """Drop the bench's schemas. A killed worker's server processes may hold a lock for a moment
     (until the server sees the closed socket), so a lock wait is retried, then the bench's own
     connections (application_name ``APPLICATION_NAME``) are terminated; nobody else's."""
