@@ -21,11 +21,16 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
-__all__ = ["Database", "Listener", "migrate", "translated"]
+__all__ = ["Database", "Listener", "import_psycopg", "migrate", "translated"]
 
 _MIGRATIONS = Path(__file__).with_name("postgres_sql")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x7461736B6D696C6C  # "taskmill": one advisory lock id for every migrating process
+
+
+def import_psycopg() -> Any:
+    """The psycopg module; ConfigurationError when it is not installed."""
+    return _import()[0]
 
 
 def _import() -> Any:

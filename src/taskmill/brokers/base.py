@@ -21,16 +21,27 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from taskmill.errors import LeaseLost
+from taskmill.errors import ConfigurationError, LeaseLost
 
-__all__ = ["DELIVERY_LIMIT_TEXT", "TRANSACTION", "Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"]
+__all__ = [
+    "DELIVERY_LIMIT_TEXT",
+    "TRANSACTION",
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "Failure",
+    "QueueStats",
+    "Record",
+    "Transaction",
+]
 
-#: (broker, connection): the application's own database connection that ``App.transaction`` makes
-#: that broker publish through. Keyed by broker, so another App's sends are not swept into it.
+#: (broker, target): what that broker publishes through inside ``App.transaction``: the application's own
+#: connection, or a backend's buffer for it. Keyed by broker, so another App's sends are not swept into it.
 TRANSACTION: ContextVar[tuple[Any, Any] | None] = ContextVar("taskmill_transaction", default=None)
 
 DELIVERY_LIMIT_TEXT = "its lease expired too often: the message keeps killing or stalling its worker"
@@ -97,6 +108,10 @@ class QueueStats:
     dead: int = 0
 
 
+class Transaction(AbstractContextManager[None], AbstractAsyncContextManager[None]):
+    """What ``App.transaction(conn)`` returns: ``with`` it for a sync connection, ``async with`` for an async one."""
+
+
 class Broker(abc.ABC):
     """Stores message bodies and leases them to consumers; one subclass per backend."""
 
@@ -117,6 +132,10 @@ class Broker(abc.ABC):
     def supports_transactions(self) -> bool:
         """Whether ``publish`` can join the application's own transaction (``App.transaction``)."""
         return False
+
+    def transaction(self, connection: Any) -> Transaction:
+        """A block whose sends are written through ``connection``, in the application's own transaction."""
+        raise ConfigurationError(f"{self.url.split(':')[0]}:// cannot join an application transaction")
 
     @property
     def location(self) -> str:

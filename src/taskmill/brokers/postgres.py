@@ -4,6 +4,9 @@ times on the database clock (``now()``), LISTEN/NOTIFY wake-ups, and transaction
     with app.transaction(conn):          # conn: the application's own psycopg connection
         send_invoice.send(order_id)      # exists only if conn's transaction commits
 
+    async with app.transaction(aconn):   # aconn: a psycopg AsyncConnection
+        send_invoice.send(order_id)      # checked now, written through aconn when the block ends
+
 The schema (``?schema=taskmill``) is created and migrated on first use (see postgres_db.py).
 """
 
@@ -23,7 +26,9 @@ from taskmill.brokers.base import (
     Failure,
     QueueStats,
     Record,
+    Transaction,
 )
+from taskmill.brokers.postgres_transaction import Pending, PostgresTransaction
 from taskmill.errors import BrokerError, ConfigurationError, LeaseLost
 from taskmill.postgres_db import Database, Listener, migrate, translated
 
@@ -34,11 +39,18 @@ log = logging.getLogger("taskmill.brokers.postgres")
 _HOUSEKEEPING_EVERY = 60.0  # seconds between sweeps of old dead letters, per broker instance
 _DEAD_RETENTION_DAYS = 7
 
-_INSERT = """
-INSERT INTO {schema}.messages (id, queue, priority, available_at, body)
-SELECT r.id, r.queue, r.priority, now() + r.delay_ms * interval '1 millisecond', r.body
-FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::bigint[], %s::bytea[]) AS r(id, queue, priority, delay_ms, body)
-ON CONFLICT (id) DO NOTHING
+# One statement, so it is atomic on any connection (autocommit or not); the NOTIFY is delivered at commit.
+_PUBLISH = """
+WITH stored AS (
+    INSERT INTO {schema}.messages (id, queue, priority, available_at, body)
+    SELECT r.id, r.queue, r.priority, now() + r.delay_ms * interval '1 millisecond', r.body
+    FROM unnest(%s::text[], %s::text[], %s::smallint[], %s::bigint[], %s::bytea[])
+        AS r(id, queue, priority, delay_ms, body)
+    ON CONFLICT (id) DO NOTHING
+), named AS (
+    INSERT INTO {schema}.queues (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING
+)
+SELECT pg_notify(%s, '')
 """
 _PICK = """
 SELECT seq, id, queue, priority, deliveries, token, body FROM {schema}.messages
@@ -84,30 +96,36 @@ class PostgresBroker(Broker):
     def supports_transactions(self) -> bool:
         return True
 
+    def transaction(self, connection: Any) -> Transaction:
+        return PostgresTransaction(self, connection)
+
     def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        columns = ([r.id for r in records], [r.queue for r in records], [r.priority for r in records],
-                   [max(r.delay_ms, 0) for r in records], [r.body for r in records])  # fmt: skip
-        queues = sorted({r.queue for r in records})
         joined = TRANSACTION.get()
         if joined is not None and joined[0] is self:  # the caller's transaction: the messages exist only if it commits
-            connection = joined[1]
-            if not isinstance(connection, self.db.connection_class):
-                raise ConfigurationError("App.transaction needs a psycopg (sync) Connection in an open transaction")
+            target = joined[1]
+            if isinstance(target, Pending):
+                target.add(records)
+                return
+            if not isinstance(target, self.db.connection_class):
+                raise ConfigurationError("App.transaction needs a psycopg Connection in an open transaction")
             with translated():
-                self._publish_on(connection, columns, queues)
+                target.execute(self.db.sql(_PUBLISH), self._publish_params(records))
             return
         with self.db.transaction() as conn:
-            self._publish_on(conn, columns, queues)
+            conn.execute(self.db.sql(_PUBLISH), self._publish_params(records))
 
-    def _publish_on(self, conn: Any, columns: tuple[list[Any], ...], queues: list[str]) -> None:
-        conn.execute(self.db.sql(_INSERT), columns)
-        conn.execute(
-            self.db.sql("INSERT INTO {schema}.queues (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"),
-            (queues,),
-        )
-        conn.execute("SELECT pg_notify(%s, '')", (self.db.channel,))  # delivered at commit
+    async def publish_async(self, connection: Any, records: Sequence[Record]) -> None:
+        """Write ``records`` through ``connection`` (a psycopg AsyncConnection), in its open transaction."""
+        if records:
+            with translated():
+                await connection.execute(self.db.sql(_PUBLISH), self._publish_params(records))
+
+    def _publish_params(self, records: Sequence[Record]) -> tuple[Any, ...]:
+        return ([r.id for r in records], [r.queue for r in records], [r.priority for r in records],
+                [max(r.delay_ms, 0) for r in records], [r.body for r in records],
+                sorted({r.queue for r in records}), self.db.channel)  # fmt: skip
 
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         return self.ack_and_fetch((), queues, limit, lease_ms)[1]
