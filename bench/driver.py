@@ -279,8 +279,12 @@ def main() -> None:
     redis_client().flushdb()
     result: dict[str, Any]
     try:
-        servers.reset(entry.module)  # PostgreSQL schema dropped, RabbitMQ vhost emptied (else nothing)
-        system: System = importlib.import_module(f"systems.{entry.module}").system()
+        # PostgreSQL's schemas dropped now; RabbitMQ's vhost listed while the module imports (which
+        # connects to nothing), then emptied before the system is built; nothing for other backends.
+        finish_reset = servers.start_reset(entry.module)
+        module = importlib.import_module(f"systems.{entry.module}")
+        finish_reset()
+        system: System = module.system()
         label = {
             "concurrency": system.concurrency,
             "bulk_api": system.bulk_api,
