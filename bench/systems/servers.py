@@ -172,8 +172,17 @@ def check(backend: str) -> str | None:
             ensure_vhost()
             rabbitmq_version()
     except Exception as exc:  # noqa: BLE001 -- reported as the reason the systems are skipped
-        return f"{type(exc).__name__}: {exc}".strip()
+        where = POSTGRES_URL if backend == "postgres" else AMQP_URL
+        text = " ".join(str(exc).split())
+        return f"{_without_password(where)}: " + (f"{type(exc).__name__}: {text}" if text else repr(exc))
     return None
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def version(backend: str) -> str | None:
