@@ -18,7 +18,7 @@ TITLES = {
     "redis": "Redis: one worker process x 8 threads (or the nearest equivalent)",
     "redis-best": "Redis: each system's best configuration on these cores",
     "rabbitmq": "RabbitMQ: one worker process x 8 threads (or the nearest equivalent)",
-    "postgres": "PostgreSQL: one worker process x 8 threads",
+    "postgres": "PostgreSQL: one worker process x 8 threads (or the nearest equivalent)",
     "sqlite": "Embedded SQLite",
     "reference": "Reference: no framework",
 }
