@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -30,6 +31,7 @@ class Actor(Generic[P, R]):
         self.name = name
         self.options = options
         self.signature = inspect.signature(fn)
+        self._positional = _positional_range(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.logger = logging.getLogger(f"taskmill.actors.{name}")
         self.__doc__ = fn.__doc__
@@ -69,10 +71,17 @@ class Actor(Generic[P, R]):
         ``on_success``/``on_failure`` name an actor to enqueue with the result or an error
         description; ``pipe_ignore`` makes a pipeline step ignore the previous step's result.
         """
-        if not isinstance(args, tuple | list) or not isinstance(kwargs, Mapping | None):
+        if type(args) is not tuple:
+            if not isinstance(args, tuple | list):
+                raise ArgumentsError(f"{self.name}: args must be a tuple and kwargs a mapping")
+            args = tuple(args)
+        if kwargs is None:
+            kwargs = {}
+        elif isinstance(kwargs, Mapping):
+            kwargs = dict(kwargs)
+        else:
             raise ArgumentsError(f"{self.name}: args must be a tuple and kwargs a mapping")
-        kwargs = dict(kwargs or {})
-        self.check_arguments(tuple(args), kwargs, partial=True)
+        self.check_arguments(args, kwargs, partial=True)
         if priority is not None:
             check_priority(priority)
         if queue is not None:
@@ -94,16 +103,29 @@ class Actor(Generic[P, R]):
             app=self.app,
             options=options,
             actor=self.name,
-            args=tuple(args),
+            args=args,
             kwargs=kwargs,
             queue=queue or self.options.queue,
             priority=self.options.priority if priority is None else priority,
-            delay_ms=delay_ms(delay, eta),
+            delay_ms=0 if delay is None and eta is None else delay_ms(delay, eta),
             **extra,
         )
 
+    def binds(self, args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) -> bool:
+        """Whether the arguments bind to the signature in full (the common all-positional call checked fast)."""
+        if not kwargs and self._positional is not None:
+            return self._positional[0] <= len(args) <= self._positional[1]
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError:
+            return False
+        return True
+
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], *, partial: bool = False) -> None:
         """Raise ArgumentsError unless the arguments bind to the signature (``partial``: so far)."""
+        fits = self._positional  # (required, allowed) positional counts, when that decides alone
+        if not kwargs and fits is not None and (partial or fits[0] <= len(args)) and len(args) <= fits[1]:
+            return
         try:
             (self.signature.bind_partial if partial else self.signature.bind)(*args, **kwargs)
         except TypeError as exc:
@@ -139,3 +161,20 @@ class Actor(Generic[P, R]):
             on_failure=on_failure,
         )
         return self.app.enqueue([message])[0]
+
+
+def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:
+    """(required, allowed) counts of positional arguments when a call without keywords binds exactly
+    when its count is in that range; None when the signature needs the full check (keyword-only
+    parameters without defaults)."""
+    required, allowed = 0, 0.0
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            allowed += 1
+            if parameter.default is parameter.empty:
+                required = int(allowed)
+        elif parameter.kind is parameter.VAR_POSITIONAL:
+            allowed = math.inf
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return None
+    return required, allowed

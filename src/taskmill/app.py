@@ -16,6 +16,7 @@ from taskmill.brokers.base import TRANSACTION
 from taskmill.errors import ActorNotFound, ConfigurationError, ResultMissing, ResultTimeout
 from taskmill.message import Message
 from taskmill.middleware import Middleware
+from taskmill.middleware.base import overriding
 from taskmill.middleware.results import Results
 from taskmill.options import ActorOptions
 from taskmill.results import Store, default_store_url, open_store
@@ -238,6 +239,7 @@ class App:
         prepared: list[Message] = []
         records: list[Record] = []
         limit = self.settings.max_payload_bytes
+        before = overriding(self.middleware, "before_enqueue")
         for original in messages:
             message = original
             actor = self.actors.get(message.actor)
@@ -246,8 +248,8 @@ class App:
                 if self.stores_results(actor.options, message) and not message.options.get("store_result"):
                     # the producer's choice travels, so even a worker without this actor stores the outcome
                     message = dataclasses.replace(message, options={**message.options, "store_result": True})
-            for mw in self.middleware:
-                message = mw.before_enqueue(self, message)
+            for hook in before:
+                message = hook(self, message)
             body = message.encode(limit)
             prepared.append(message if message.app is self else dataclasses.replace(message, app=self))
             records.append(Record(message.id, message.queue, body, message.priority, message.delay_ms))
@@ -259,7 +261,9 @@ class App:
                 run_eagerly(self, record.body)
         else:
             broker.publish(records)
-        for message in prepared:
-            for mw in reversed(self.middleware):
-                mw.after_enqueue(self, message)
+        after = overriding(self.middleware, "after_enqueue", reverse=True)
+        if after:
+            for message in prepared:
+                for hook in after:
+                    hook(self, message)
         return prepared

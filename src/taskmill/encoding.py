@@ -40,30 +40,44 @@ def validate(value: Any, max_bytes: int | None = None) -> None:
         if depth > MAX_DEPTH:
             raise EncodeError(f"arguments nested deeper than {MAX_DEPTH} levels")
         kind = type(item)
-        if kind is str:
-            seen += len(item)
-            if max_bytes is not None and seen > max_bytes:
-                raise PayloadTooLarge(seen, max_bytes, at_least=True)
-            _check_text(item)
-        elif item is None or kind is bool:
-            return
-        elif kind is int:
-            if not _INT_MIN <= item <= _INT_MAX:
-                raise EncodeError("integer outside the signed 64-bit range cannot be sent")
-        elif kind is float:
-            if not math.isfinite(item):
-                raise EncodeError(f"{item!r} is not valid JSON")
-        elif kind is list or kind is tuple:
-            for element in item:
-                check(element, depth + 1)
+        if kind is list or kind is tuple:
+            elements: Any = item
         elif kind is dict:
-            for key, element in item.items():
+            for key in item:
                 if type(key) is not str:
                     raise EncodeError(f"dict key {key!r} is not a str; JSON objects have str keys")
-                check(key, depth + 1)
-                check(element, depth + 1)
+                seen += len(key)
+                if not key.isascii():
+                    _check_text(key)
+            elements = item.values()
         else:
-            raise EncodeError(f"{kind.__name__} is not JSON-serializable; send plain data instead")
+            elements = (item,)
+            depth -= 1  # a scalar at the top: checked below as if it were an element
+        if depth >= MAX_DEPTH and elements:
+            raise EncodeError(f"arguments nested deeper than {MAX_DEPTH} levels")
+        for element in elements:  # scalars inline: one function call per container, not per value
+            kind = type(element)
+            if kind is str:
+                seen += len(element)
+                if not element.isascii():
+                    _check_text(element)
+            elif kind is int:
+                if not _INT_MIN <= element <= _INT_MAX:
+                    raise EncodeError("integer outside the signed 64-bit range cannot be sent")
+            elif element is None or kind is bool:
+                continue
+            elif kind is float:
+                if not math.isfinite(element):
+                    raise EncodeError(f"{element!r} is not valid JSON")
+            elif kind is list or kind is tuple or kind is dict:
+                check(element, depth + 1)
+                continue
+            else:
+                raise EncodeError(f"{kind.__name__} is not JSON-serializable; send plain data instead")
+            if max_bytes is not None and seen > max_bytes:
+                raise PayloadTooLarge(seen, max_bytes, at_least=True)
+        if max_bytes is not None and seen > max_bytes:
+            raise PayloadTooLarge(seen, max_bytes, at_least=True)
 
     check(value, 0)
 

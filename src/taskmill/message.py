@@ -6,9 +6,8 @@ produce messages.
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -25,8 +24,8 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def new_message_id() -> str:
-    """A fresh random message id (32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh random message id (32 hex characters, 128 random bits)."""
+    return os.urandom(16).hex()
 
 
 def now_ms() -> int:
@@ -60,6 +59,8 @@ class Message:
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result()`` for async code: waits in a thread, so the event loop keeps running."""
+        import asyncio  # here, not at the top: asyncio costs ~8 MB that most processes never need
+
         return await asyncio.to_thread(self.result, timeout)
 
     def __or__(self, other: Any) -> Any:

@@ -10,9 +10,9 @@ wait on Pub/Sub notifications, never polling.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +30,7 @@ _LUA = Path(__file__).with_name("redis_lua")
 _COMMON = (_LUA / "common.lua").read_text()
 _KEY_NAMES = ("ready", "delayed", "leased", "body", "meta", "dead", "deadinfo", "deadbody", "seq")
 _DEAD_RETENTION_S = 7 * 86400.0
+_KEY_CACHE_SIZE = 10_000  # queues whose key names are kept ready (bounded: queue names may be unbounded)
 
 
 class RedisBroker(Broker):
@@ -49,6 +50,7 @@ class RedisBroker(Broker):
             name: self._client.register_script(_COMMON + (_LUA / f"{name}.lua").read_text())
             for name in ("publish", "fetch", "settle", "inspect", "operate")
         }
+        self._key_cache: dict[str, list[str]] = {}  # queue -> its keys; read-only once made
         self._pubsub: Any = None
         self._pubsub_lock = threading.Lock()
 
@@ -60,10 +62,15 @@ class RedisBroker(Broker):
         )
 
     def _keys(self, queue: str) -> list[str]:
-        if "{" in queue or "}" in queue:
-            raise ConfigurationError(f"queue {queue!r}: Redis queue names cannot contain braces")
-        keys = [f"{self.prefix}:{{{queue}}}:{name}" for name in _KEY_NAMES[:-1]]
-        return [*keys, f"{self.prefix}:seq"]  # one sequence for every queue: "oldest first" holds across queues
+        keys = self._key_cache.get(queue)
+        if keys is None:
+            if "{" in queue or "}" in queue:
+                raise ConfigurationError(f"queue {queue!r}: Redis queue names cannot contain braces")
+            keys = [f"{self.prefix}:{{{queue}}}:{name}" for name in _KEY_NAMES[:-1]]
+            keys.append(f"{self.prefix}:seq")  # one sequence for every queue: "oldest first" holds across queues
+            if len(self._key_cache) < _KEY_CACHE_SIZE:
+                self._key_cache[queue] = keys
+        return keys
 
     def _channel(self, queue: str) -> str:
         return f"{self.prefix}:notify:{queue}"
@@ -96,12 +103,12 @@ class RedisBroker(Broker):
         if not order:
             return [], []
         index = {queue: i + 1 for i, queue in enumerate(order)}
-        keys = [key for queue in order for key in self._keys(queue)]
+        keys = self._keys(order[0]) if len(order) == 1 else [key for queue in order for key in self._keys(queue)]
         limit = max(limit, 0) if queues else 0
         args: list[Any] = [limit, lease_ms, self.max_deliveries, self.dead_retention_ms, DELIVERY_LIMIT_TEXT, len(acks)]
         for delivery in acks:
             args.extend((index[delivery.queue], delivery.id, delivery.token))
-        args.extend(uuid.uuid4().hex for _ in range(limit))
+        args.append(os.urandom(12).hex())  # this call's fencing nonce; each token adds its position
         lost_positions, buried, *rows = self._run("fetch", keys, args)
         lost = [acks[position - 1] for position in lost_positions]
         dead_at = int(time.time() * 1000)

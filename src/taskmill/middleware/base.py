@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -9,7 +10,7 @@ if TYPE_CHECKING:
     from taskmill.brokers.base import Failure
     from taskmill.message import Message
 
-__all__ = ["Middleware"]
+__all__ = ["Middleware", "overriding"]
 
 
 class Middleware:
@@ -42,3 +43,25 @@ class Middleware:
 
     def worker_stopped(self, app: App) -> None:
         """Called once per worker process as it stops."""
+
+
+_HOOKS: dict[tuple[Any, ...], tuple[tuple[Middleware, ...], tuple[Any, ...]]] = {}
+
+
+def overriding(middleware: Sequence[Middleware], hook: str, *, reverse: bool = False) -> tuple[Any, ...]:
+    """The bound ``hook`` methods of the middleware that override it, in order (or reversed):
+    a hook left as the base class's no-op costs nothing per message."""
+    key = (hook, reverse, *map(id, middleware))  # ids: middleware need not be hashable
+    cached = _HOOKS.get(key)
+    if cached is not None:
+        return cached[1]
+    kept = tuple(middleware)  # held by the entry, so no id in its key can be reused while it lives
+    found = tuple(
+        getattr(mw, hook)
+        for mw in (reversed(kept) if reverse else kept)
+        if getattr(type(mw), hook) is not getattr(Middleware, hook) or hook in getattr(mw, "__dict__", {})
+    )
+    if len(_HOOKS) > 256:  # middleware lists rarely change; never let the cache grow without bound
+        _HOOKS.clear()
+    _HOOKS[key] = (kept, found)
+    return found

@@ -313,20 +313,23 @@ class Worker:
                 cancel_interrupt(ident)
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
-        broker, message, actor = self.app.broker, outcome.message, outcome.actor
+        broker, message, actor, settings = self.app.broker, outcome.message, outcome.actor, self.app.settings
         logger = actor.logger if actor is not None else log
-        where = describe(delivery, outcome, self.app.settings.log_args, self.app.settings.log_args_max)
+        if outcome.error is None and outcome.rejected is None:
+            self._ack(delivery)
+            if logger.isEnabledFor(logging.INFO):  # the common line: skip even describe() when it is off
+                where = describe(delivery, outcome, settings.log_args, settings.log_args_max)
+                logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
+            return
+        where = describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
             self._dead_letter(delivery, outcome.rejected, outcome)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
             return
-        if outcome.error is None:
-            self._ack(delivery)
-            logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
-            return
         assert actor is not None
         assert message is not None
         error = outcome.error
+        assert error is not None
         try:
             delay = retry_delay(actor.options, delivery.deliveries, error)
         except Exception:  # a broken retry_when must not leave the message unsettled

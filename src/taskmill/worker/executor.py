@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import threading
@@ -19,6 +18,7 @@ from taskmill import encoding
 from taskmill.brokers.base import Delivery, Failure
 from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
+from taskmill.middleware.base import overriding
 
 if TYPE_CHECKING:
     from taskmill.actor import Actor
@@ -57,12 +57,16 @@ class EventLoopThread:
     """One asyncio loop on its own thread, shared by every async actor of a worker process."""
 
     def __init__(self) -> None:
+        import asyncio  # only processes with async actors pay for asyncio
+
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="taskmill-event-loop", daemon=True)
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
         """Run ``coro`` on the loop and wait for it; cancel it and raise TimeLimitExceeded on timeout."""
+        import asyncio
+
         future = asyncio.run_coroutine_threadsafe(_shielded(coro), self.loop)
         try:
             return future.result(timeout=time_limit)
@@ -115,10 +119,11 @@ def decode(app: App, body: bytes) -> Outcome:
         actor = app.get_actor(message.actor)
     except ActorNotFound as exc:
         return Outcome(message, rejected=failure_from("unknown_actor", exc))
-    try:
-        actor.signature.bind(*message.args, **message.kwargs)
-    except TypeError as exc:
-        return Outcome(message, actor, rejected=failure_from("bad_arguments", exc))
+    if not actor.binds(message.args, message.kwargs):
+        try:
+            actor.signature.bind(*message.args, **message.kwargs)  # for the error's text
+        except TypeError as exc:
+            return Outcome(message, actor, rejected=failure_from("bad_arguments", exc))
     return Outcome(message, actor)
 
 
@@ -142,8 +147,8 @@ def run(
     assert actor is not None
     started = time.perf_counter()
     try:
-        for mw in app.middleware:
-            mw.before_process(app, message)
+        for before in overriding(app.middleware, "before_process"):
+            before(app, message)
         with time_guard:
             called = actor.fn(*message.args, **message.kwargs)
         if actor.is_async and loop is not None:
@@ -159,11 +164,12 @@ def run(
             exc = TimeLimitExceeded(f"ran longer than its time_limit of {actor.options.time_limit} s")
         outcome.error = exc
     outcome.seconds = time.perf_counter() - started
-    for mw in reversed(app.middleware):
+    for after in overriding(app.middleware, "after_process", reverse=True):
         try:
-            mw.after_process(app, message, result=outcome.result, exception=outcome.error)
+            after(app, message, result=outcome.result, exception=outcome.error)
         except Exception as exc:  # e.g. the result store is down: retry the message rather than lose its result
-            log.exception("middleware %s failed in after_process for message %s", type(mw).__name__, message.id)
+            name = type(after.__self__).__name__
+            log.exception("middleware %s failed in after_process for message %s", name, message.id)
             if outcome.error is None:
                 outcome.error = exc
     return outcome
@@ -180,6 +186,8 @@ def result_travels(app: App, message: Message) -> bool:
 
 def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
     """asyncio.run, also from inside a running loop (eager mode in async code): then on a new thread."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -189,6 +197,8 @@ def _run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 async def _limited(coro: Coroutine[Any, Any, Any], time_limit: float | None) -> Any:
+    import asyncio
+
     try:
         return await asyncio.wait_for(coro, time_limit)
     except TimeoutError:

@@ -31,6 +31,20 @@ local function queue_keys(index)
           seq = KEYS[base + 9]}
 end
 
+-- One command over many arguments (ids, or pairs), chunked to stay within Lua's unpack limit.
+local function many(command, key, items)
+  local step = 1000  -- even, so pairs never straddle two chunks
+  if #items <= step then return redis.call(command, key, unpack(items)) end
+  local out = {}
+  for first = 1, #items, step do
+    local reply = redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
+    if type(reply) == 'table' then
+      for i = 1, #reply do table.insert(out, reply[i]) end
+    end
+  end
+  return out
+end
+
 local function read_meta(k, id)
   local raw = redis.call('HGET', k.meta, id)
   if not raw then return nil end

@@ -1,22 +1,53 @@
 -- Ack, then lease up to `limit` messages across the queues, best priority first, then oldest.
 -- KEYS: one group per queue. ARGV: limit, lease_ms, max_deliveries, dead_retention_ms, the
---   delivery-limit text, n_acks, then (queue index, id, token) per ack, then `limit` fresh tokens.
+--   delivery-limit text, n_acks, then (queue index, id, token) per ack, then a fresh random nonce:
+--   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each.
 -- Returns {lost ack positions (1-based), buried, deliveries...} where each delivery is
 --   {queue index, id, body, priority, deliveries, token} and each buried one (dead-lettered for
 --   delivery_limit just now) {queue index, id, body, priority, deliveries}.
+-- Acks and leases touch each structure with one command per queue (HMGET, ZREM, ...), not one per
+-- message: a Lua redis.call costs more than the work it does.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_deliveries, retention, limit_text = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local n_acks = tonumber(ARGV[6])
+local nonce = ARGV[7 + 3 * n_acks]
 local now = now_ms()
 local lost, buried = {}, {}
-local pos = 7
+
+local acks = {}  -- queue index -> {ids, tokens, positions}
 for a = 1, n_acks do
-  local k = queue_keys(tonumber(ARGV[pos]))
-  local id, token = ARGV[pos + 1], ARGV[pos + 2]
-  if held(k, id, token) then forget(k, id) else table.insert(lost, a) end
-  pos = pos + 3
+  local pos = 4 + 3 * a
+  local q = tonumber(ARGV[pos])
+  local group = acks[q]
+  if not group then
+    group = {ids = {}, tokens = {}, positions = {}}
+    acks[q] = group
+  end
+  table.insert(group.ids, ARGV[pos + 1])
+  table.insert(group.tokens, ARGV[pos + 2])
+  table.insert(group.positions, a)
 end
-local tokens_at = pos
+for q, group in pairs(acks) do
+  local k = queue_keys(q)
+  local metas = many('HMGET', k.meta, group.ids)
+  local held_ids = {}
+  for i = 1, #group.ids do
+    local token = metas[i] and string.match(metas[i], '^%d+|%d+|%d+|(.*)$')
+    if token and token ~= '' and token == group.tokens[i] then  -- leased, or expired and not re-fetched
+      table.insert(held_ids, group.ids[i])
+    else
+      table.insert(lost, group.positions[i])
+    end
+  end
+  if #held_ids > 0 then  -- a held message is leased or (lease expired) ready, never delayed
+    many('ZREM', k.leased, held_ids)
+    many('ZREM', k.ready, held_ids)
+    many('HDEL', k.body, held_ids)
+    many('HDEL', k.meta, held_ids)
+  end
+end
+table.sort(lost)
+
 local n_queues = #KEYS / GROUP
 local heads = {}
 for q = 1, n_queues do
@@ -45,10 +76,13 @@ for q = 1, n_queues do
   end
   if limit > 0 then heads[q] = redis.call('ZRANGE', k.ready, 0, limit - 1, 'WITHSCORES') end
 end
-local out = {lost, buried}
+
+-- Merge the queues' heads: the best `limit` in order, then lease them one queue at a time.
+local picked = {}  -- {queue index, id} in delivery order
+local chosen = {}  -- queue index -> ids
 local cursor = {}
 for q = 1, n_queues do cursor[q] = 1 end
-for n = 1, limit do
+for _ = 1, limit do
   local best, best_score = nil, nil
   for q = 1, n_queues do
     local h = heads[q]
@@ -58,15 +92,42 @@ for n = 1, limit do
     end
   end
   if best == nil then break end
-  local k = queue_keys(best)
   local id = heads[best][cursor[best]]
   cursor[best] = cursor[best] + 2
-  local m = read_meta(k, id)
-  redis.call('ZREM', k.ready, id)
-  m.deliveries = m.deliveries + 1
-  m.token = ARGV[tokens_at + n - 1]
-  write_meta(k, id, m)
-  redis.call('ZADD', k.leased, now + lease, id)
-  table.insert(out, {best, id, redis.call('HGET', k.body, id), m.prio, m.deliveries, m.token})
+  table.insert(picked, {best, id})
+  chosen[best] = chosen[best] or {}
+  table.insert(chosen[best], id)
+end
+local leased = {}  -- queue index -> id -> {body, priority, deliveries, token}
+local serial = 0
+for q, ids in pairs(chosen) do
+  local k = queue_keys(q)
+  local metas = many('HMGET', k.meta, ids)
+  local bodies = many('HMGET', k.body, ids)
+  local meta_pairs, lease_pairs, rows = {}, {}, {}
+  for i, id in ipairs(ids) do
+    local prio, seq, deliveries = string.match(metas[i] or '', '^(%d+)|(%d+)|(%d+)|')
+    if prio then
+      serial = serial + 1
+      local token = nonce .. '.' .. serial
+      deliveries = tonumber(deliveries) + 1
+      table.insert(meta_pairs, id)
+      table.insert(meta_pairs, prio .. '|' .. seq .. '|' .. deliveries .. '|' .. token)
+      table.insert(lease_pairs, now + lease)
+      table.insert(lease_pairs, id)
+      rows[id] = {bodies[i] or '', tonumber(prio), deliveries, token}
+    end
+  end
+  many('ZREM', k.ready, ids)
+  if #meta_pairs > 0 then
+    many('HSET', k.meta, meta_pairs)
+    many('ZADD', k.leased, lease_pairs)
+  end
+  leased[q] = rows
+end
+local out = {lost, buried}
+for _, pick in ipairs(picked) do
+  local row = leased[pick[1]][pick[2]]
+  if row then table.insert(out, {pick[1], pick[2], row[1], row[2], row[3], row[4]}) end
 end
 return out
