@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import json
 import logging
 import multiprocessing
 import os
@@ -22,9 +23,12 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, TextIO
 
-from taskmill.app import App
 from taskmill.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from taskmill.app import App
 
 __all__ = ["WorkerConfig", "load_app", "run_child", "supervise"]
 
@@ -50,6 +54,8 @@ class WorkerConfig:
 
 def load_app(spec: str) -> App:
     """Import ``module[:attribute]`` and return its App (the only App in it, or taskmill's default)."""
+    from taskmill.app import App
+
     module_name, _, attribute = spec.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -74,12 +80,52 @@ def load_app(spec: str) -> App:
 
 def configure_logging(level: str) -> None:
     """The CLI's logging: one line per record on stderr; library code only ever adds a NullHandler."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = BatchingHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # one warning per reconnect attempt floods logs
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes INFO and below in batches, at most ``delay`` s late; WARNING and
+    above (and every line before them) at once. A worker logs a line per message: one write per
+    line, made while holding the handler's lock, made busy threads queue behind each other."""
+
+    def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
+        super().__init__(stream)
+        self.delay = delay
+        self._pending: list[str] = []
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_later, name="taskmill-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self._write()
+            elif not self._waiting.is_set():
+                self._waiting.set()
+        except Exception:  # noqa: BLE001 -- logging must never raise into the caller
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            self._write()
+
+    def _write(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines and self.stream is not None:
+            self.stream.write("".join(lines))
+        if self.stream is not None and hasattr(self.stream, "flush"):
+            self.stream.flush()
+
+    def _flush_later(self) -> None:
+        while True:
+            self._waiting.wait()
+            time.sleep(self.delay)
+            self._waiting.clear()
+            with contextlib.suppress(Exception):  # a closed stream at exit
+                self.flush()
 
 
 def run_child(config: WorkerConfig) -> None:
@@ -190,11 +236,21 @@ class Supervisor:
             time.sleep(min(len(self._restarts) - 5, 10))
 
 
-def supervise(config: WorkerConfig) -> int:
-    """Run the supervisor in this (main) thread until its children stopped."""
+def supervise(config: WorkerConfig, *, reexec: bool = True) -> int:
+    """Run the supervisor in this (main) thread until its children stopped.
+
+    With ``reexec`` (where the platform has exec), this process first becomes a fresh interpreter
+    (same pid) that never imports the app: the CLI imported it for the banner, and a supervisor
+    holding the app's modules and broker client costs ~15 MB for nothing. SIGTERM and SIGINT stay
+    blocked across the exec, so a stop asked for meanwhile is handled, not fatal.
+    """
+    if reexec and hasattr(os, "execv") and hasattr(signal, "pthread_sigmask"):
+        _reexec(config)
     supervisor = Supervisor(config)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # children inherit the mask: unblock first
     stop_watch = threading.Event()
     if config.watch:
         threading.Thread(target=_watch, args=(config.watch, supervisor.reload, stop_watch), daemon=True).start()
@@ -202,6 +258,30 @@ def supervise(config: WorkerConfig) -> int:
         return supervisor.run()
     finally:
         stop_watch.set()
+
+
+_CONFIG_ENV = "TASKMILL_SUPERVISOR_CONFIG"
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _reexec(config: WorkerConfig) -> None:
+    """Replace this process with ``python -c 'main()'`` carrying ``config`` in its environment."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = {**os.environ, _CONFIG_ENV: json.dumps(dataclasses.asdict(config))}
+    code = "from taskmill.worker.supervisor import main; main()"
+    os.execve(sys.executable, [sys.executable, "-c", code], env)  # noqa: S606 -- our own interpreter, fixed code
+
+
+def main() -> None:
+    """Entry point of the re-executed supervisor (see ``supervise``)."""
+    raw = json.loads(os.environ.pop(_CONFIG_ENV))
+    config = WorkerConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in raw.items()})
+    configure_logging(config.log_level)
+    sys.exit(supervise(config, reexec=False))
 
 
 def _watch(paths: tuple[str, ...], reload: threading.Event, stop: threading.Event) -> None:
