@@ -216,7 +216,8 @@ this checkout, and writes this page and `bench/results/latest.json`. It needs:
 - PostgreSQL on 127.0.0.1:5432, user `postgres` without a password, database `test`: taskmill uses
   the schema `taskmill_bench` and Procrastinate `procrastinate_bench`, dropped between runs.
 
-Set `BENCH_POSTGRES_URL` or `BENCH_AMQP_URL` to use other servers.
+Set `BENCH_POSTGRES_URL` or `BENCH_AMQP_URL` to use other servers. Runs share these servers, so a
+second `bench/run.sh` waits for the first to end.
 
 A system whose server is not reachable, or whose module does not import, is skipped and listed
 with the reason. `--only taskmill,huey` runs a subset (`--only taskmill-rabbitmq,dramatiq-rabbitmq`,

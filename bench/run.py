@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ SCENARIOS = ["enqueue_seq", "enqueue_bulk", "drain", "drain_io", "latency"]
 FULL = {"enqueue_seq": 5000, "enqueue_bulk": 20000, "drain": 20000, "drain_io": 2000, "latency": 500}
 QUICK = {"enqueue_seq": 300, "enqueue_bulk": 2000, "drain": 1000, "drain_io": 200, "latency": 50}
 FAILED_LOGS = Path(tempfile.gettempdir()) / "taskmill-bench-failed"  # full worker logs of failed runs
+LOCK = Path(tempfile.gettempdir()) / "taskmill-bench.lock"  # one bench run at a time on this machine
 QUICK_ENV = {"BENCH_IDLE": "1.0", "BENCH_SETTLE": "0.3"}  # shorter waits in the smoke test
 # Which scenarios each table runs: the best configurations change the worker only.
 TABLE_SCENARIOS = {
@@ -235,6 +237,7 @@ def main() -> None:
     # A smoke test never overwrites the published table.
     args.json = args.json or BENCH / "results" / ("quick.json" if args.quick else "latest.json")
     args.markdown = args.markdown or (BENCH / "results" / "quick.md" if args.quick else ROOT / "docs" / "benchmarks.md")
+    lock = one_run_at_a_time()  # noqa: F841 -- held until this process exits
     set_subreaper()
     try:
         _redis().ping()
@@ -268,6 +271,24 @@ def main() -> None:
     args.markdown.write_text(markdown)
     print(markdown)
     log(f"wrote {args.json} and {args.markdown} in {time.monotonic() - begun:.0f} s")
+
+
+def one_run_at_a_time() -> Any:
+    """Wait while another bench run holds the lock: two runs share Redis db 14 (each flushes it and
+    counts every id in it), the RabbitMQ vhost and the PostgreSQL schemas, so they would spoil each
+    other's lost/dup counts. Returns the open lock file (the lock lasts as long as it stays open)."""
+    handle = LOCK.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        log(f"waiting for the other bench run to finish ({handle.read().strip() or 'pid ?'}, lock {LOCK})")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}: {shlex.join(sys.argv)}\n")
+    handle.flush()
+    return handle
 
 
 def preflight(entries: list[Entry], versions: dict[str, str]) -> dict[str, str]:
