@@ -1,11 +1,11 @@
 """THE benchmark command: ``bash bench/run.sh [--quick]`` (which runs this file in bench/.venv).
 
 Runs every system of systems.REGISTRY against the same Redis (db 14, flushed between runs), RabbitMQ
-(vhost bench, emptied between runs), PostgreSQL (database test, schema taskmill_bench, dropped
-between runs) and the embedded SQLite brokers, in one run. A system whose module does not import
-(say, a taskmill without that broker yet) or whose server is not reachable is skipped, and the
-report says why. Scenarios are interleaved (scenario -> repetition -> system),
-so a noisy minute on this shared machine hits every system alike. Each repetition of each system
+(vhost bench, emptied between runs), PostgreSQL (database test, schemas taskmill_bench and
+procrastinate_bench, dropped between runs) and the embedded SQLite brokers, in one run. A system
+whose module does not import (say, a taskmill without that broker yet) or whose server is not
+reachable is skipped, and the report says why. Scenarios are interleaved (scenario -> repetition
+-> system), so a noisy minute on this shared machine hits every system alike. Each repetition of each system
 runs in its own subprocess (driver.py) with a timeout; a failure is recorded with its error and the
 run goes on. Writes bench/results/latest.json and docs/benchmarks.md.
 """
@@ -306,6 +306,20 @@ def preflight(entries: list[Entry], versions: dict[str, str]) -> dict[str, str]:
         else:
             versions[title] = servers.version(backend) or "?"
     modules = sorted({e.module for e in entries if e.key not in skipped})
+    failed = _probe(modules)
+    if len(modules) > 1:  # confirm each failure alone: one module's import must not spoil another's
+        failed = {m: why for m in failed for why in [_probe([m]).get(m)] if why}
+    for entry in entries:
+        if entry.module in failed and entry.key not in skipped:
+            skipped[entry.key] = f"systems/{entry.module}.py does not import: {failed[entry.module]}"
+    for key, reason in skipped.items():
+        log(f"SKIPPED {key}: {reason}")
+    return skipped
+
+
+def _probe(modules: list[str]) -> dict[str, str]:
+    if not modules:
+        return {}
     probe = subprocess.run(
         [sys.executable, "-c", PROBE, *modules],
         cwd=BENCH,
@@ -316,15 +330,10 @@ def preflight(entries: list[Entry], versions: dict[str, str]) -> dict[str, str]:
         check=False,
     )
     try:
-        failed: dict[str, str] = json.loads(probe.stdout.strip().splitlines()[-1])
+        found: dict[str, str] = json.loads(probe.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        failed = dict.fromkeys(modules, f"the import probe failed: {probe.stderr.strip()[-500:]}")
-    for entry in entries:
-        if entry.module in failed and entry.key not in skipped:
-            skipped[entry.key] = f"systems/{entry.module}.py does not import: {failed[entry.module]}"
-    for key, reason in skipped.items():
-        log(f"SKIPPED {key}: {reason}")
-    return skipped
+        return dict.fromkeys(modules, f"the import probe failed: {probe.stderr.strip()[-500:]}")
+    return found
 
 
 # Imports each system module named on its command line in one fresh interpreter (cwd bench/); prints
