@@ -90,10 +90,11 @@ def fetch_one(broker: Broker) -> Delivery:
 
 
 def drain(broker: Broker, queues: Sequence[str] = DEFAULT) -> list[str]:
-    """Fetch one record at a time until none is left; the ids in the order they came."""
+    """Fetch (and ack) one record at a time until none is left; the ids in the order they came."""
     order: list[str] = []
     while deliveries := fetch(broker, queues, limit=1):
         order += ids(deliveries)
+        assert broker.ack(deliveries) == []
     return order
 
 
@@ -151,6 +152,7 @@ def test_a_fetched_record_arrives_as_published_with_one_delivery_and_a_token(
     assert delivery.token
 
 
+@pytest.mark.needs("in_flight_counts")
 def test_a_leased_record_is_not_handed_out_again(broker: Broker) -> None:
     broker.publish([rec()])
     fetch_one(broker)
@@ -158,6 +160,7 @@ def test_a_leased_record_is_not_handed_out_again(broker: Broker) -> None:
     assert counts(broker) == QueueStats("default", in_flight=1)
 
 
+@pytest.mark.needs("expiring_leases")
 def test_an_acked_record_is_gone_for_good(broker: Broker) -> None:
     broker.publish([rec()])
     delivery, expiry = lease(broker)
@@ -206,6 +209,7 @@ def test_fetch_takes_only_from_the_queues_it_is_given(broker: Broker) -> None:
     assert fetch(broker, ["a", "b", "c"]) == []
 
 
+@pytest.mark.needs("priorities")
 def test_fetch_hands_out_higher_priority_first_then_oldest_first(broker: Broker) -> None:
     records = [rec(priority=priority) for priority in (0, 5, 1, 9, 5, 0)]
     for record in records:
@@ -213,6 +217,7 @@ def test_fetch_hands_out_higher_priority_first_then_oldest_first(broker: Broker)
     assert drain(broker) == ids(by_priority(records))
 
 
+@pytest.mark.needs("priorities")
 def test_a_batch_fetch_lists_deliveries_best_first(broker: Broker) -> None:
     records = [rec(priority=priority) for priority in (0, 5, 9, 5)]
     for record in records:
@@ -226,6 +231,7 @@ def test_records_published_in_one_call_are_handed_out_in_their_order(broker: Bro
     assert drain(broker) == ids(records)
 
 
+@pytest.mark.needs("order_across_queues")
 def test_priority_and_age_decide_across_all_queues_fetched_together(broker: Broker) -> None:
     old, new, urgent = rec("a"), rec("b"), rec("b", priority=9)
     for record in (old, new, urgent):
@@ -233,6 +239,7 @@ def test_priority_and_age_decide_across_all_queues_fetched_together(broker: Brok
     assert drain(broker, ["a", "b"]) == ids([urgent, old, new])
 
 
+@pytest.mark.needs("priorities")
 @pytest.mark.parametrize("one_call", [False, True], ids=["one_by_one", "in_one_call"])
 def test_a_priority_9_record_jumps_1000_priority_0_records(broker: Broker, one_call: bool) -> None:
     backlog = [rec() for _ in range(1000)]
@@ -247,6 +254,7 @@ def test_a_priority_9_record_jumps_1000_priority_0_records(broker: Broker, one_c
     assert ids(fetch(broker, limit=1)) == [backlog[0].id]
 
 
+@pytest.mark.needs("priorities")
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(priorities=st.lists(st.integers(0, 9), max_size=12))  # the priorities a message can carry
 def test_fetch_order_is_priority_then_age_for_any_mix_of_priorities(broker: Broker, priorities: list[int]) -> None:
@@ -260,6 +268,7 @@ def test_fetch_order_is_priority_then_age_for_any_mix_of_priorities(broker: Brok
 # -- leases ------------------------------------------------------------------------------------
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_record_whose_lease_ran_out_is_delivered_again_with_a_new_token(broker: Broker) -> None:
     broker.publish([rec()])
     first, expiry = lease(broker)
@@ -269,12 +278,14 @@ def test_a_record_whose_lease_ran_out_is_delivered_again_with_a_new_token(broker
     assert second.token != first.token
 
 
+@pytest.mark.needs("expiring_leases")
 def test_an_ack_from_a_holder_that_lost_its_lease_is_returned_as_lost(broker: Broker) -> None:
     stale, current = lose_lease(broker)
     assert broker.ack([stale]) == [stale]
     assert broker.ack([current]) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_batch_ack_refuses_only_the_deliveries_whose_lease_was_lost(broker: Broker) -> None:
     stale, current = lose_lease(broker)
     broker.publish([rec()])
@@ -284,6 +295,7 @@ def test_a_batch_ack_refuses_only_the_deliveries_whose_lease_was_lost(broker: Br
     assert broker.ack([current]) == []
 
 
+@pytest.mark.needs("expiring_leases")
 @pytest.mark.parametrize("operation", list(SETTLE))
 def test_a_holder_that_lost_its_lease_cannot_settle_and_leaves_the_new_holder_alone(
     broker: Broker, operation: str
@@ -296,6 +308,7 @@ def test_a_holder_that_lost_its_lease_cannot_settle_and_leaves_the_new_holder_al
     assert broker.ack([current]) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_holder_whose_lease_ran_out_may_still_ack_while_nobody_fetched_again(
     broker: Broker,
 ) -> None:
@@ -307,6 +320,7 @@ def test_a_holder_whose_lease_ran_out_may_still_ack_while_nobody_fetched_again(
     assert counts(broker) == QueueStats("default")
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_holder_whose_lease_ran_out_may_still_retry_while_nobody_fetched_again(
     broker: Broker,
 ) -> None:
@@ -317,6 +331,7 @@ def test_a_holder_whose_lease_ran_out_may_still_retry_while_nobody_fetched_again
     assert fetch_one(broker).deliveries == 2
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_holder_whose_lease_ran_out_may_still_dead_letter_while_nobody_fetched_again(
     broker: Broker,
 ) -> None:
@@ -328,6 +343,7 @@ def test_a_holder_whose_lease_ran_out_may_still_dead_letter_while_nobody_fetched
     assert fetch(broker) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_record_whose_lease_ran_out_counts_as_ready_again(broker: Broker) -> None:
     broker.publish([rec()])
     _, expiry = lease(broker)
@@ -335,6 +351,7 @@ def test_a_record_whose_lease_ran_out_counts_as_ready_again(broker: Broker) -> N
     assert counts(broker) == QueueStats("default", ready=1)
 
 
+@pytest.mark.needs("expiring_leases")
 def test_an_extended_lease_outlasts_the_original_one(broker: Broker) -> None:
     broker.publish([rec()])
     delivery, original = lease(broker)
@@ -344,12 +361,14 @@ def test_an_extended_lease_outlasts_the_original_one(broker: Broker) -> None:
     assert broker.ack([delivery]) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_extend_returns_the_deliveries_whose_lease_was_lost(broker: Broker) -> None:
     stale, current = lose_lease(broker)
     assert broker.extend([stale, current], LEASE_MS) == [stale]
     assert broker.ack([current]) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_record_whose_lease_ran_out_max_deliveries_times_is_dead_lettered(
     broker: Broker,
 ) -> None:
@@ -367,6 +386,7 @@ def test_a_record_whose_lease_ran_out_max_deliveries_times_is_dead_lettered(
     assert counts(broker) == QueueStats("default", dead=1)
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_fetch_that_dead_letters_a_record_hands_out_the_next_one_in_its_place(broker: Broker) -> None:
     broker.publish([rec()])
     _, expiry = lease(broker)
@@ -422,6 +442,7 @@ def test_a_record_waiting_for_its_time_counts_as_delayed_and_is_not_fetched(
     assert counts(broker) == QueueStats("default", delayed=1)
 
 
+@pytest.mark.needs("snapshot_stats")
 def test_a_delayed_record_counts_as_ready_once_its_time_has_come(broker: Broker) -> None:
     _, due = timed(0.3, lambda: broker.publish([rec(delay_ms=300)]))
 
@@ -444,6 +465,7 @@ def test_released_records_are_fetchable_at_once_and_their_delivery_is_not_counte
     assert [delivery.deliveries for delivery in again] == [1, 1]
 
 
+@pytest.mark.needs("expiring_leases")
 def test_release_ignores_a_delivery_whose_lease_was_lost(broker: Broker) -> None:
     stale, current = lose_lease(broker)
     broker.release([stale])
@@ -502,6 +524,7 @@ def test_dead_letters_can_be_listed_for_one_queue(broker: Broker) -> None:
     assert ids(broker.dead_letters()) == [b2.id, a2.id, b1.id, a1.id]
 
 
+@pytest.mark.needs("in_flight_counts")
 def test_retry_dead_by_id_requeues_just_those_with_a_fresh_delivery_count(broker: Broker) -> None:
     chosen, other = rec(priority=4), rec()
     dead_letter_all(broker, [chosen, other])
@@ -523,6 +546,7 @@ def test_retry_dead_by_queue_requeues_only_that_queue(broker: Broker) -> None:
     assert ids(broker.dead_letters()) == [b.id]
 
 
+@pytest.mark.needs("in_flight_counts")
 def test_retry_dead_without_arguments_requeues_every_dead_letter(broker: Broker) -> None:
     records = [rec("a"), rec("b")]
     dead_letter_all(broker, records)
@@ -566,6 +590,7 @@ def test_dead_letter_operations_on_no_or_unknown_ids_change_nothing(broker: Brok
 # -- operating: purge and stats ----------------------------------------------------------------
 
 
+@pytest.mark.needs("in_flight_counts")
 def test_purge_deletes_the_ready_and_delayed_records_of_one_queue_only(broker: Broker) -> None:
     dead_letter_all(broker, [rec("a")])
     broker.publish([rec("a"), rec("a"), rec("a"), rec("a", delay_ms=60_000), rec("b")])
@@ -575,6 +600,7 @@ def test_purge_deletes_the_ready_and_delayed_records_of_one_queue_only(broker: B
     assert broker.ack(held) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_purge_deletes_a_record_whose_lease_ran_out_as_a_ready_one(broker: Broker) -> None:
     broker.publish([rec()])
     _, expiry = lease(broker)
@@ -584,6 +610,7 @@ def test_purge_deletes_a_record_whose_lease_ran_out_as_a_ready_one(broker: Broke
     assert counts(broker) == QueueStats("default")
 
 
+@pytest.mark.needs("in_flight_counts")
 def test_stats_count_every_known_queue_by_state_sorted_by_name(broker: Broker) -> None:
     dead_letter_all(broker, [rec("c")])
     broker.publish([rec("b"), rec("a", delay_ms=60_000), rec("a"), rec("a")])
@@ -636,6 +663,7 @@ def test_wait_returns_soon_after_a_delayed_record_comes_due(broker: Broker) -> N
     assert time.monotonic() <= due.not_after + GRACE_S
 
 
+@pytest.mark.needs("unique_ids")
 def test_publishing_an_id_that_is_still_queued_does_nothing(broker: Broker) -> None:
     first = rec(body=b"first")
     broker.publish([first])
@@ -646,6 +674,7 @@ def test_publishing_an_id_that_is_still_queued_does_nothing(broker: Broker) -> N
     assert broker.fetch(DEFAULT, 10, 30_000) == []
 
 
+@pytest.mark.needs("expiring_leases")
 def test_the_fetching_instance_hands_over_what_the_crash_guard_buried(broker: Broker) -> None:
     record = rec(body=b"poison")
     broker.publish([record])
@@ -669,6 +698,7 @@ def test_a_star_is_an_id_like_any_other_when_purging_dead_letters(broker: Broker
     assert ids(broker.dead_letters()) == [record.id]
 
 
+@pytest.mark.needs("order_across_queues")
 def test_equal_priorities_across_queues_come_oldest_first(broker: Broker) -> None:
     older, newer = rec("busy"), rec("quiet")
     broker.publish([rec("busy") for _ in range(3)])

@@ -140,6 +140,7 @@ def test_bad_input_is_dead_lettered_and_the_worker_keeps_running(app: App, start
     assert garbage.body == b"\xff\x00 not json"
 
 
+@pytest.mark.needs("priorities")
 def test_priority_nine_behind_a_thousand_zeros_is_the_next_to_start(
     app: App, start_worker: Callable[..., Worker]
 ) -> None:

@@ -359,6 +359,7 @@ def test_enqueueing_a_message_with_partial_arguments_is_refused(app: App) -> Non
         app.enqueue([add.message(1)])
 
 
+@pytest.mark.needs("expiring_leases")
 def test_a_message_the_crash_guard_buries_fails_its_result_and_its_group(
     app: App, worker: Callable[[], Worker]
 ) -> None:

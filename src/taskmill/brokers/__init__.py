@@ -11,6 +11,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Failure", "QueueStats", "Record"
 
 # scheme -> "module:Class"; modules are imported only when their scheme is used.
 _BACKENDS = {
+    "amqp": "taskmill.brokers.rabbitmq:RabbitMQBroker",
+    "amqps": "taskmill.brokers.rabbitmq:RabbitMQBroker",
     "memory": "taskmill.brokers.memory:MemoryBroker",
     "postgres": "taskmill.brokers.postgres:PostgresBroker",
     "postgresql": "taskmill.brokers.postgres:PostgresBroker",

@@ -210,6 +210,9 @@ class Broker(abc.ABC):
     def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
         """Delete dead letters (by id, by queue, or all). Returns how many."""
 
+    def stop_consuming(self) -> None:  # noqa: B027 -- optional hook; only push-based brokers hold anything
+        """Stop receiving, and give back (uncounted) what was received but never handed out by ``fetch``."""
+
     def migrate(self) -> list[str]:
         """Bring the backend's schema up to date; the names of the migrations applied (none by default)."""
         return []

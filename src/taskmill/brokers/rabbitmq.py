@@ -1,0 +1,400 @@
+"""amqp:// and amqps:// — the RabbitMQ broker, on aio-pika, driven from one event-loop thread.
+
+RabbitMQ leases differently from the other backends: a delivery is held for as long as the
+channel that received it stays open, and comes back at once (redelivered) when that channel or
+its connection closes — a killed worker's messages return immediately, a stalled one's when the
+AMQP heartbeat gives up on it. So there is no time-based lease: ``extend`` only reports
+deliveries whose connection is gone, and a token names the connection it was received on, so a
+holder that lost its connection cannot settle (RabbitMQ itself refuses the stale ack).
+
+- Publisher confirms are always on: ``publish`` returns once RabbitMQ has the messages (persistent,
+  on durable queues).
+- Consumers get at most as many messages as the worker has free slots (a channel-wide QoS that
+  follows ``fetch``'s limit), so prefetch never holds back a priority-9 message.
+- Delivery counts: quorum queues count returned deliveries themselves (``x-delivery-count``);
+  on classic queues a redelivered message is re-published with its count raised before anyone
+  runs it (``x-taskmill-delivered``). Past ``max_deliveries`` it goes to the dead queue with the
+  reason ``delivery_limit``.
+- Retries, releases and dead letters publish a copy (confirmed) and then ack the original.
+
+The names and declarations, and the delay levels, are in ``rabbitmq_topology``; inspection and
+dead-letter operations in ``rabbitmq_inspect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from taskmill.brokers import rabbitmq_inspect as inspect
+from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
+from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_route, delay_units, parse_url, tag
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
+
+__all__ = ["RabbitMQBroker"]
+
+T = TypeVar("T")
+
+
+def _aio_pika() -> Any:
+    try:
+        import aio_pika
+    except ImportError:
+        raise ConfigurationError("amqp:// needs the aio-pika package: pip install 'taskmill[amqp]'") from None
+    return aio_pika
+
+
+async def _arrivals() -> None:
+    """Let deliveries already read off the socket reach the buffer: each is a task, a few hops away."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class RabbitMQBroker(Broker):
+    """Durable queues on one RabbitMQ connection: a confirming publish channel and a consuming one."""
+
+    leases_expire = False
+
+    def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
+        self.aio_pika = _aio_pika()
+        self.options = parse_url(url)
+        self.names = Names(self.options.prefix)
+        self.topology = Topology(self.names, self.options.queue_type)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="taskmill-amqp", daemon=True)
+        self._thread.start()
+        self._connection: Any = None
+        self.channel: Any = None  # publisher confirms; declarations
+        self._consumer: Any = None  # deliveries arrive here
+        self._generation = 0
+        self._held: dict[str, Any] = {}  # token -> the incoming message, from delivery to settlement
+        self._buffer: list[tuple[int, int, Delivery]] = []  # received, not yet handed out
+        self._arrived = threading.Condition()
+        self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (its aio-pika queue, consumer tag)
+        self._qos = 0
+        self._limit = 1
+        self._order = itertools.count()
+        self._connect_lock: asyncio.Lock | None = None
+
+    @property
+    def location(self) -> str:
+        return self.options.amqp_url.split("@")[-1].split("?")[0]
+
+    # -- the loop thread ----------------------------------------------------------------------
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the broker's loop; AMQP failures become taskmill errors."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        exceptions = self.aio_pika.exceptions
+        try:
+            return future.result(self.options.timeout * 3)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise BrokerUnavailable(f"RabbitMQ at {self.location} did not answer in time") from None
+        except exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigurationError(f"RabbitMQ refused a declaration (a queue with other arguments?): {exc}") from exc
+        except (exceptions.DeliveryError, exceptions.ChannelNotFoundEntity) as exc:
+            raise BrokerError(f"RabbitMQ did not take a message: {exc}") from exc
+        except (TimeoutError, exceptions.AMQPError, exceptions.ChannelInvalidStateError, OSError) as exc:
+            raise BrokerUnavailable(f"RabbitMQ at {self.location}: {type(exc).__name__}: {exc}") from exc
+
+    async def connect(self) -> None:
+        """Open the connection and channels unless they are open; a new connection is a new generation."""
+        if self._connection is not None and not self._connection.is_closed and not self.channel.is_closed:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._connection is not None and not self._connection.is_closed:
+                if self.channel.is_closed:  # a refused declaration closes only the publishing channel
+                    self.channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                return
+            connection = await self.aio_pika.connect(self.options.amqp_url, timeout=self.options.timeout)
+            self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._consumer = await connection.channel(publisher_confirms=False)
+            self._forget()
+            connection.close_callbacks.add(self._closed)
+            self._consumer.close_callbacks.add(self._closed)
+            self._connection = connection
+
+    def _closed(self, *_: Any) -> None:
+        """The connection (or the consuming channel) closed: what it held went back to RabbitMQ."""
+        connection, self._connection = self._connection, None
+        self._forget()
+        if connection is not None and not connection.is_closed:
+            self.loop.create_task(connection.close())
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self.topology.reset()
+        self._consuming.clear()
+        self._qos = 0
+        with self._arrived:
+            self._held.clear()
+            self._buffer.clear()
+            self._arrived.notify_all()
+
+    # -- producing -----------------------------------------------------------------------------
+    def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        for record in records:
+            self.names.queue(record.queue)  # typed errors before any I/O
+            delay_units(record.delay_ms)
+        self.call(self._publish([(record, 0) for record in records]))
+
+    async def _publish(self, copies: Sequence[tuple[Record, int]]) -> None:
+        await self.connect()
+        for record, _ in copies:
+            if await self.topology.main(self.channel, record.queue):
+                await self.register(record.queue)
+            if record.delay_ms > 0:
+                await self.topology.delays(self.channel, record.queue)
+        await asyncio.gather(*(self._send(record, delivered) for record, delivered in copies))
+
+    async def _send(self, record: Record, delivered: int, headers: dict[str, Any] | None = None) -> None:
+        message = self.aio_pika.Message(
+            record.body,
+            message_id=record.id,
+            priority=record.priority,
+            delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT,
+            headers={DELIVERED: delivered, **(headers or {})},
+            timestamp=time.time(),
+        )
+        units = delay_units(record.delay_ms) if record.delay_ms > 0 else 0
+        if units:
+            level, key = delay_route(units, record.queue)
+            exchange = await self.channel.get_exchange(self.names.level_exchange(level), ensure=False)
+            await exchange.publish(message, key, timeout=self.options.timeout)
+        else:
+            await self.channel.default_exchange.publish(
+                message, self.names.queue(record.queue), timeout=self.options.timeout
+            )
+
+    async def register(self, queue: str) -> None:
+        """Add ``queue`` to the registry that stats() and dead_letters() read queue names from."""
+        await self.channel.declare_queue(self.names.registry, durable=True)
+        message = self.aio_pika.Message(queue.encode(), delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT)
+        await self.channel.default_exchange.publish(message, self.names.registry, timeout=self.options.timeout)
+
+    # -- consuming -----------------------------------------------------------------------------
+    async def _consume(self, queues: Sequence[str], limit: int) -> None:
+        """Make sure ``queues`` are consumed with a QoS that lets RabbitMQ push at most ``limit`` more."""
+        await self.connect()
+        self._limit = max(limit, 1)
+        if self.options.queue_type == "quorum":
+            # quorum queues take only a per-consumer QoS, fixed when the consumer starts: it grows to
+            # the largest limit asked for (a worker asks for its thread count first), per queue
+            if self._limit > self._qos:
+                await self._consumer.set_qos(prefetch_count=self._limit, global_=False)
+                self._qos = self._limit
+                for queue, (amqp_queue, consumer_tag) in list(self._consuming.items()):
+                    await amqp_queue.cancel(consumer_tag)
+                    del self._consuming[queue]
+        else:  # one channel-wide QoS across the queues: started but unsettled, plus free slots
+            want = len(self._held) - len(self._buffer) + self._limit
+            if want != self._qos:
+                await self._consumer.set_qos(prefetch_count=want, global_=True)
+                self._qos = want
+        for queue in queues:
+            if queue not in self._consuming:
+                if await self.topology.main(self.channel, queue):
+                    await self.register(queue)
+                amqp_queue = await self._consumer.declare_queue(
+                    self.names.queue(queue), durable=True, arguments=self.topology.main_arguments(queue)
+                )
+                generation = self._generation
+
+                async def received(message: Any, queue: str = queue, generation: int = generation) -> None:
+                    await self._received(message, queue, generation)
+
+                consumer_tag = await amqp_queue.consume(received, consumer_tag=f"taskmill-{uuid.uuid4().hex}")
+                self._consuming[queue] = (amqp_queue, consumer_tag)
+
+    async def _received(self, message: Any, queue: str, generation: int) -> None:
+        if generation != self._generation:
+            return  # from a channel that is gone; RabbitMQ has it back already
+        headers = dict(message.headers or {})
+        before = header_int(headers, DELIVERED)
+        quorum = self.options.queue_type == "quorum"
+        returned = header_int(headers, "x-delivery-count") if quorum else int(bool(message.redelivered))
+        message_id = message.message_id or f"amqp-{generation}-{message.delivery_tag}"
+        record = Record(message_id, queue, message.body, min(max(message.priority or 0, 0), 9))
+        if returned:  # its holder died or vanished: count that delivery in the broker before anyone runs it
+            lost = before + (returned if quorum else 1)
+            if lost >= self.max_deliveries:
+                failure = Failure("delivery_limit", "DeliveryLimit", DELIVERY_LIMIT_TEXT)
+                await self._send_dead(record, lost, failure)
+                await message.ack()
+                self._buried.append(inspect.dead_letter_of(record, lost, failure))
+                return
+            if not quorum:
+                await self._send(record, lost)
+                await message.ack()
+                return
+        token = f"{generation}.{message.delivery_tag}"
+        delivery = Delivery(message_id, queue, record.body, record.priority, before + returned + 1, token)
+        with self._arrived:
+            self._held[token] = message
+            self._buffer.append((-delivery.priority, next(self._order), delivery))
+            self._arrived.notify_all()
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        with self._arrived:
+            self._buffer.sort()
+            taken = [entry for entry in self._buffer if entry[2].queue in queues][:limit]
+            for entry in taken:
+                self._buffer.remove(entry)
+            return [delivery for _, _, delivery in taken]
+
+    def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
+        return self.call(self._fetch(queues, limit))
+
+    async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        await self._consume(queues, limit)
+        taken = self._take(queues, limit)
+        if len(taken) == limit:
+            return taken
+        # A passive declare on the consuming channel is a sync point: RabbitMQ writes the deliveries it
+        # made before the reply ahead of it, and counts only the messages it has not delivered yet.
+        waiting = 0
+        for queue in queues:
+            declared = await self._consumer.declare_queue(self.names.queue(queue), passive=True)
+            waiting += declared.declaration_result.message_count
+        await _arrivals()
+        taken += self._take(queues, limit - len(taken))
+        deadline = time.monotonic() + 0.05
+        while waiting and not taken and time.monotonic() < deadline:  # still being pushed to us, or to another
+            await asyncio.sleep(0.001)
+            taken = self._take(queues, limit)
+        return taken
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
+    ) -> tuple[list[Delivery], list[Delivery]]:
+        async def both() -> tuple[list[Delivery], list[Delivery]]:
+            return await self._ack(acks), await self._fetch(queues, limit)
+
+        return self.call(both())
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self.call(self._consume(queues, self._limit))
+        with self._arrived:
+            self._arrived.wait_for(
+                lambda: any(entry[2].queue in queues for entry in self._buffer) or self._connection is None,
+                max(0.0, deadline - time.monotonic()),
+            )
+
+    # -- settling ------------------------------------------------------------------------------
+    def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        return self.call(self._ack(deliveries)) if deliveries else []
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        lost: list[Delivery] = []
+        for delivery in deliveries:
+            message = self._held.pop(delivery.token, None)
+            if message is None:
+                lost.append(delivery)
+                continue
+            try:
+                await message.ack()
+            except (self.aio_pika.exceptions.AMQPError, self.aio_pika.exceptions.ChannelInvalidStateError):
+                lost.append(delivery)  # the channel is gone: RabbitMQ has the message back
+        return lost
+
+    def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
+        return [delivery for delivery in deliveries if self._held.get(delivery.token) is None]
+
+    def retry(self, delivery: Delivery, delay_ms: int) -> None:
+        delay_units(delay_ms)
+        self.call(self._settle(delivery, self._send, delivery.deliveries, max(delay_ms, 0)))
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self.call(self._release(deliveries))
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            with contextlib.suppress(LeaseLost):
+                await self._settle(delivery, self._send, delivery.deliveries - 1, 0)
+
+    def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
+        self.call(self._settle(delivery, functools.partial(self._send_dead, failure=failure), delivery.deliveries, 0))
+
+    async def _settle(self, delivery: Delivery, send: Any, delivered: int, delay_ms: int) -> None:
+        """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder."""
+        message = self._held.get(delivery.token)
+        if message is None:
+            raise LeaseLost(f"message {delivery.id} was received on a connection that is gone")
+        await self.connect()
+        record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
+        if delay_ms > 0:
+            await self.topology.delays(self.channel, delivery.queue)
+        await send(record, delivered)
+        with self._arrived:
+            self._held.pop(delivery.token, None)
+        await message.ack()
+
+    async def _send_dead(self, record: Record, delivered: int, failure: Failure) -> None:
+        message = inspect.dead_message(self.aio_pika, record, delivered, failure)
+        await self.topology.main(self.channel, record.queue)
+        exchange = await self.channel.get_exchange(self.names.dead_exchange, ensure=False)
+        await exchange.publish(message, tag(record.queue), timeout=self.options.timeout)
+
+    # -- inspecting and operating --------------------------------------------------------------
+    def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        return self.call(inspect.stats(self, queues))
+
+    def purge(self, queue: str) -> int:
+        return self.call(inspect.purge(self, queue))
+
+    def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        return self.call(inspect.dead_letters(self, queue, limit, offset))
+
+    def retry_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        return self.call(inspect.retry_dead(self, ids, queue))
+
+    def purge_dead(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        return self.call(inspect.purge_dead(self, ids, queue))
+
+    def stop_consuming(self) -> None:
+        self.call(self._stop_consuming())
+        with self._arrived:
+            buffered = [delivery for _, _, delivery in self._buffer]
+            self._buffer.clear()
+        self.release(buffered)  # uncounted, and not marked redelivered as a closed connection would
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(BrokerError):
+                self.stop_consuming()
+            with contextlib.suppress(BrokerError):
+                self.call(self._close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+    async def _stop_consuming(self) -> None:
+        """Cancel the consumers, so nothing more arrives while the buffer is given back."""
+        consuming, self._consuming = self._consuming, {}
+        if self._consumer is not None and not self._consumer.is_closed:
+            for amqp_queue, consumer_tag in consuming.values():
+                await amqp_queue.cancel(consumer_tag)
+        await _arrivals()
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close_callbacks.discard(self._closed)
+            await connection.close()

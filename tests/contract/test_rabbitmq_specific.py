@@ -1,0 +1,176 @@
+"""What RabbitMQ does in place of the contract's time leases, plus its own options and errors.
+
+A RabbitMQ delivery is held for as long as the connection that received it lives; the holders here
+are real processes, killed with SIGKILL while they hold a message, as a crashed worker would be.
+Both queue types run: classic (priorities, our own delivery count) and quorum (RabbitMQ's count).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from taskmill.brokers import Broker, Failure, Record, open_broker
+from taskmill.brokers.rabbitmq import RabbitMQBroker
+from taskmill.errors import BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
+from taskmill.message import new_message_id
+
+MAX_DELIVERIES = 3
+HOLDER = """
+import sys, time
+from taskmill.brokers import open_broker
+broker = open_broker(sys.argv[1], max_deliveries={max_deliveries})
+while not (deliveries := broker.fetch(["default"], 1, 30_000)):
+    time.sleep(0.01)
+print(deliveries[0].id, deliveries[0].deliveries, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def url(request: pytest.FixtureRequest, rabbitmq_test_url: str) -> str:
+    return rabbitmq_test_url.replace("queue_type=classic", f"queue_type={request.param}")
+
+
+@pytest.fixture
+def broker(url: str) -> Iterator[Broker]:
+    instance = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    yield instance
+    instance.close()
+
+
+def hold_and_die(url: str) -> tuple[str, int]:
+    """Run a consumer process that fetches one message, then SIGKILL it; (id, deliveries) it saw."""
+    code = HOLDER.format(max_deliveries=MAX_DELIVERIES)
+    with subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        line = holder.stdout.readline().split()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+    assert line, "the holder fetched nothing"
+    return line[0], int(line[1])
+
+
+def wait_for(probe: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (result := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return result
+
+
+def test_a_killed_holders_message_comes_back_at_once_counted(broker: Broker, url: str) -> None:
+    record = Record(new_message_id(), "default", b"body")
+    broker.publish([record])
+    assert hold_and_die(url) == (record.id, 1)
+    started = time.monotonic()
+    deliveries = wait_for(lambda: broker.fetch(["default"], 1, 30_000))
+    assert isinstance(deliveries, list)
+    assert time.monotonic() - started < 2.0  # no lease to wait out: the closed connection returned it
+    assert [(d.id, d.body, d.deliveries) for d in deliveries] == [(record.id, b"body", 2)]
+    assert broker.ack(deliveries) == []
+
+
+def test_a_message_that_keeps_killing_its_holder_is_buried_as_delivery_limit(broker: Broker, url: str) -> None:
+    record = Record(new_message_id(), "default", b"poison")
+    healthy = Record(new_message_id(), "default", b"healthy")
+    broker.publish([record])
+    for attempt in range(1, MAX_DELIVERIES + 1):
+        assert hold_and_die(url) == (record.id, attempt)
+    broker.publish([healthy])
+    deliveries = wait_for(lambda: broker.fetch(["default"], 5, 30_000))
+    assert isinstance(deliveries, list)
+    assert [d.id for d in deliveries] == [healthy.id]  # the poison message did not come back
+    buried = wait_for(broker.take_buried)  # the fetching instance buried it as it arrived
+    assert isinstance(buried, list)
+    assert [(b.id, b.reason, b.deliveries) for b in buried] == [(record.id, "delivery_limit", MAX_DELIVERIES)]
+    [dead] = broker.dead_letters()
+    assert (dead.id, dead.reason, dead.body) == (record.id, "delivery_limit", b"poison")
+
+
+def test_a_holder_whose_connection_closed_cannot_settle(url: str) -> None:
+    first = RabbitMQBroker(url, max_deliveries=MAX_DELIVERIES)
+    second = RabbitMQBroker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        first.publish([Record(new_message_id(), "default", b"x")])
+        [stale] = wait_for(lambda: first.fetch(["default"], 1, 30_000))  # type: ignore[misc]
+        first.call(first._connection.close())  # the connection is gone: RabbitMQ has the message back
+        current = wait_for(lambda: second.fetch(["default"], 1, 30_000))
+        assert first.extend([stale], 30_000) == [stale]
+        assert first.ack([stale]) == [stale]
+        with pytest.raises(LeaseLost):
+            first.retry(stale, 0)
+        with pytest.raises(LeaseLost):
+            first.dead_letter(stale, Failure("failed"))
+        assert second.ack(current) == []  # type: ignore[arg-type]
+        assert second.dead_letters() == []
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_long_delay_does_not_hold_back_a_shorter_one_sent_after_it(broker: Broker) -> None:
+    long, short = (
+        Record(new_message_id(), "default", b"long", 0, 5_000),
+        Record(new_message_id(), "default", b"s", 0, 300),
+    )
+    broker.publish([long])
+    broker.publish([short])
+    sent = time.monotonic()
+    deliveries = wait_for(lambda: broker.fetch(["default"], 5, 30_000))
+    assert isinstance(deliveries, list)
+    assert [d.id for d in deliveries] == [short.id]
+    assert 0.3 <= time.monotonic() - sent < 1.3
+    assert broker.stats(["default"])[0].delayed == 1
+
+
+def test_closing_the_broker_gives_back_what_it_received_uncounted(broker: Broker, url: str) -> None:
+    records = [Record(new_message_id(), "default", b"x") for _ in range(3)]
+    broker.publish(records)
+    fetched = broker.fetch(["default"], 1, 30_000)  # may have received more than it handed out
+    broker.release(fetched)
+    broker.close()
+    other = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        again = []
+        while len(again) < 3:
+            again += wait_for(lambda: other.fetch(["default"], 3, 30_000))  # type: ignore[operator]
+        assert sorted(d.id for d in again) == sorted(r.id for r in records)
+        counted = sorted(d.deliveries for d in again)
+        if "quorum" in url:  # a delivery in transit as the quorum consumer was cancelled comes back counted
+            assert counted in ([1, 1, 1], [1, 1, 2])
+        else:
+            assert counted == [1, 1, 1]
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [("queue_type=stream", "queue_type"), ("prefix=a.b", "prefix"), ("timeout=soon", "timeout")],
+)
+def test_a_bad_url_option_is_a_configuration_error(query: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        open_broker(f"amqp://guest:guest@127.0.0.1:5672/?{query}")
+
+
+def test_names_and_delays_rabbitmq_cannot_carry_are_refused_before_any_io(broker: Broker) -> None:
+    with pytest.raises(ConfigurationError, match="too long"):
+        broker.publish([Record(new_message_id(), "q" * 250, b"x")])
+    with pytest.raises(InvalidOptionError, match="longer than RabbitMQ delays reach"):
+        broker.publish([Record(new_message_id(), "default", b"x", 0, 10**12)])
+
+
+def test_no_server_is_broker_unavailable() -> None:
+    broker = open_broker("amqp://guest:guest@127.0.0.1:1/?timeout=2")
+    try:
+        with pytest.raises(BrokerUnavailable):
+            broker.publish([Record(new_message_id(), "default", b"x")])
+    finally:
+        broker.close()
