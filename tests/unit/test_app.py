@@ -37,7 +37,7 @@ def test_bad_environment_values_raise_configuration_error(monkeypatch: pytest.Mo
 def test_unknown_broker_scheme_names_the_supported_ones() -> None:
     with pytest.raises(
         ConfigurationError,
-        match=r"supported schemes: memory://, postgres://, postgresql://, redis://, rediss://, sqlite://",
+        match=r"supported schemes: amqp://, amqps://, memory://, postgres://, postgresql://, redis://, rediss://, sqlite://",
     ):
         _ = App("kafka://localhost").broker
 
