@@ -380,7 +380,8 @@ def run_all(entries: list[Entry], plan: dict[str, int], reps: int, results: dict
     finally:
         kill_tree()
         _flush()
-        for module in {e.module for e in entries}:  # leave the PostgreSQL schema and RabbitMQ vhost empty
+        # Leave the PostgreSQL schemas dropped and the RabbitMQ vhost empty (one reset per backend).
+        for module in {servers.backend_of(e.module): e.module for e in entries}.values():
             with contextlib.suppress(Exception):
                 servers.reset(module)
         shutil.rmtree(workdir, ignore_errors=True)
