@@ -52,6 +52,8 @@ class RedisBroker(Broker):
         }
         self._key_cache: dict[str, list[str]] = {}  # queue -> its keys; read-only once made
         self._pubsub: Any = None
+        self._generation = 0  # counts subscriptions made; a fetch hint is good only within one
+        self._hint: tuple[int, tuple[str, ...], float | None] | None = None  # from the last short fetch
         self._pubsub_lock = threading.Lock()
 
     @property
@@ -109,7 +111,11 @@ class RedisBroker(Broker):
         for delivery in acks:
             args.extend((index[delivery.queue], delivery.id, delivery.token))
         args.append(os.urandom(12).hex())  # this call's fencing nonce; each token adds its position
-        lost_positions, buried, *rows = self._run("fetch", keys, args)
+        generation = self._generation  # read before the call: a subscription made after it does not count
+        lost_positions, buried, soonest, *rows = self._run("fetch", keys, args)
+        if queues and limit > 0 and soonest != -2:  # all ready leased: an idle wait may skip its look
+            due = None if soonest < 0 else time.monotonic() + soonest / 1000
+            self._hint = (generation, tuple(queues), due)
         lost = [acks[position - 1] for position in lost_positions]
         dead_at = int(time.time() * 1000)
         self._buried.extend(
@@ -142,17 +148,31 @@ class RedisBroker(Broker):
             subscribed = {_text(c) for c in self._pubsub.channels}
             if wanted - subscribed:
                 self._pubsub.subscribe(*(wanted - subscribed))
-            while self._pubsub.get_message(timeout=0) is not None:
-                pass  # stale notifications: the look below covers them
-            soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
-            if soonest_ms >= 0:
-                deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
+                self._generation += 1
+            hint, self._hint = self._hint, None
+            if hint is not None and hint[:2] == (self._generation, tuple(queues)):
+                # The last fetch, made while subscribed, found the queues empty: a publish since then
+                # left a notification here (older ones cost one fetch that finds nothing, not one each).
+                stale = False
+                while self._pubsub.get_message(timeout=0) is not None:
+                    stale = True
+                if stale:
+                    return
+                if hint[2] is not None:
+                    deadline = min(deadline, hint[2])
+            else:
+                while self._pubsub.get_message(timeout=0) is not None:
+                    pass  # stale notifications: the look below covers them
+                soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
+                if soonest_ms >= 0:
+                    deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
             while (remaining := deadline - time.monotonic()) > 0:
                 if self._pubsub.get_message(timeout=remaining) is not None:
                     return
 
     def _drop_pubsub(self) -> None:
         """Forget a subscription whose connection failed; the next wait subscribes afresh."""
+        self._generation += 1
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 self._pubsub.close()

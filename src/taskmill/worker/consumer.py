@@ -142,14 +142,15 @@ class Worker:
                 thread.join(timeout=5)
 
     def _release_unstarted(self) -> None:
+        try:
+            self.app.broker.stop_consuming()  # what a push-based broker received but did not hand out
+        except BrokerError:
+            log.warning("could not stop consuming cleanly; unstarted messages return when the connection closes")
         unstarted = []
-        while True:
-            try:
-                delivery = self._work.get_nowait()
-            except queue_module.Empty:
-                break
-            if delivery is not None:
-                unstarted.append(delivery)
+        with contextlib.suppress(queue_module.Empty):  # until the hand-over queue is empty
+            while True:
+                if (delivery := self._work.get_nowait()) is not None:
+                    unstarted.append(delivery)
         if unstarted:
             try:
                 self.app.broker.release(unstarted)
@@ -186,7 +187,9 @@ class Worker:
                 failures = 0  # a whole round worked: the broker is back
                 if not self._dispatch(deliveries):
                     break
-                continue
+                if len(deliveries) >= free:
+                    continue  # a full batch: more may be ready
+            # nothing (more) is ready: wait for news rather than ask again at once
             with self._changed:
                 if self._acks:
                     continue  # something finished meanwhile: ack it before waiting
@@ -313,7 +316,7 @@ class Worker:
                 cancel_interrupt(ident)
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
-        broker, message, actor, settings = self.app.broker, outcome.message, outcome.actor, self.app.settings
+        broker, actor, settings = self.app.broker, outcome.actor, self.app.settings
         logger = actor.logger if actor is not None else log
         if outcome.error is None and outcome.rejected is None:
             self._ack(delivery)
@@ -326,9 +329,8 @@ class Worker:
             self._dead_letter(delivery, outcome.rejected, outcome)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
             return
-        assert actor is not None
-        assert message is not None
         error = outcome.error
+        assert actor is not None
         assert error is not None
         try:
             delay = retry_delay(actor.options, delivery.deliveries, error)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from taskmill.errors import ConfigurationError
 
@@ -278,8 +278,9 @@ def _reexec(config: WorkerConfig) -> None:
 
 def main() -> None:
     """Entry point of the re-executed supervisor (see ``supervise``)."""
-    raw = json.loads(os.environ.pop(_CONFIG_ENV))
-    config = WorkerConfig(**{name: tuple(v) if isinstance(v, list) else v for name, v in raw.items()})
+    raw: dict[str, Any] = json.loads(os.environ.pop(_CONFIG_ENV))
+    fields: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in raw.items()}
+    config = WorkerConfig(**fields)
     configure_logging(config.log_level)
     sys.exit(supervise(config, reexec=False))
 

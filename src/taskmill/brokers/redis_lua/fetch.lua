@@ -2,7 +2,9 @@
 -- KEYS: one group per queue. ARGV: limit, lease_ms, max_deliveries, dead_retention_ms, the
 --   delivery-limit text, n_acks, then (queue index, id, token) per ack, then a fresh random nonce:
 --   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each.
--- Returns {lost ack positions (1-based), buried, deliveries...} where each delivery is
+-- Returns {lost ack positions (1-based), buried, soonest, deliveries...} where soonest is, when the
+--   call leased fewer than `limit` (nothing else is ready), the ms until a delayed message or a
+--   lease falls due (-1: none; else -2), and each delivery is
 --   {queue index, id, body, priority, deliveries, token} and each buried one (dead-lettered for
 --   delivery_limit just now) {queue index, id, body, priority, deliveries}.
 -- Acks and leases touch each structure with one command per queue (HMGET, ZREM, ...), not one per
@@ -125,7 +127,21 @@ for q, ids in pairs(chosen) do
   end
   leased[q] = rows
 end
-local out = {lost, buried}
+local soonest = -2
+if #picked < limit then  -- the queues are empty now: say when to look again, so idle waits need no look
+  soonest = -1
+  for q = 1, n_queues do
+    local k = queue_keys(q)
+    for _, key in ipairs({k.delayed, k.leased}) do
+      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if head[2] then
+        local wait = math.max(tonumber(head[2]) - now, 0)
+        if soonest < 0 or wait < soonest then soonest = wait end
+      end
+    end
+  end
+end
+local out = {lost, buried, soonest}
 for _, pick in ipairs(picked) do
   local row = leased[pick[1]][pick[2]]
   if row then table.insert(out, {pick[1], pick[2], row[1], row[2], row[3], row[4]}) end
