@@ -22,6 +22,7 @@ from taskmill.worker.executor import (
     EventLoopThread,
     Outcome,
     cancel_interrupt,
+    dead_letter_hooks,
     decode,
     describe,
     failure_from,
@@ -64,7 +65,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Messages fetched and not yet settled."""
+        """Messages fetched and not yet finished (a finished one's ack may still be on its way)."""
         return len(self._in_flight)
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -158,8 +159,7 @@ class Worker:
                 log.warning("could not release %d prefetched messages; they return when leases expire", len(unstarted))
             with self._changed:
                 for delivery in unstarted:
-                    self._in_flight.pop(delivery.id, None)
-                self._changed.notify_all()
+                    self._free(delivery)
 
     # -- threads -------------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
@@ -255,10 +255,14 @@ class Worker:
                 log.exception("internal error while handling message %s", delivery.id)
             finally:
                 with self._changed:
-                    if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
-                        del self._in_flight[delivery.id]
-                        self._lost.discard(delivery.id)
-                    self._changed.notify_all()
+                    self._free(delivery)
+
+    def _free(self, delivery: Delivery) -> None:
+        """Give up ``delivery``'s slot (``self._changed`` held): the fetch loop may fill it at once."""
+        if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
+            del self._in_flight[delivery.id]
+            self._lost.discard(delivery.id)
+            self._changed.notify_all()
 
     def _monitor_loop(self) -> None:
         """Heartbeat leases every third of the lease, and enforce sync actors' time limits."""
@@ -345,9 +349,10 @@ class Worker:
         logger.warning("%s failed with %s: %s; retry in %.1f s", where, type(error).__qualname__, error, delay)
 
     def _ack(self, delivery: Delivery) -> None:
-        """Queue an ack for the fetch loop's next call; while it idles, group-commit acks here."""
+        """Queue an ack for the fetch loop's next call and free the slot; while the loop idles, ack here."""
         with self._changed:
             self._acks.append(delivery)
+            self._free(delivery)
             if not self._idle or self._flushing:
                 return
             self._flushing = True
@@ -374,7 +379,8 @@ class Worker:
     def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
         if self.app.broker.extend([delivery], self.lease_ms):  # fenced: a stale holder must not fail the result
             raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
-        self._dead_letter_hooks(delivery.id, outcome.message, failure)  # before the move: a crash between loses nothing
+        # hooks before the move: a crash in between loses nothing
+        dead_letter_hooks(self.app, delivery.id, outcome.message, failure)
         self.app.broker.dead_letter(delivery, failure)
 
     def _buried(self, dead: DeadLetter) -> None:
@@ -384,14 +390,7 @@ class Worker:
         except DecodeError:
             message = None
         log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
-        self._dead_letter_hooks(dead.id, message, Failure(dead.reason, error_message=dead.error_message))
-
-    def _dead_letter_hooks(self, message_id: str, message: Message | None, failure: Failure) -> None:
-        for mw in reversed(self.app.middleware):
-            try:
-                mw.before_dead_letter(self.app, message, failure)
-            except Exception:
-                log.exception("middleware %s failed in before_dead_letter for %s", type(mw).__name__, message_id)
+        dead_letter_hooks(self.app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
 
 
 def _log_lost_acks(lost: list[Delivery]) -> None:

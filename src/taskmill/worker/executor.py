@@ -31,6 +31,7 @@ __all__ = [
     "EventLoopThread",
     "Outcome",
     "cancel_interrupt",
+    "dead_letter_hooks",
     "decode",
     "describe",
     "execute",
@@ -125,6 +126,16 @@ def decode(app: App, body: bytes) -> Outcome:
         except TypeError as exc:
             return Outcome(message, actor, rejected=failure_from("bad_arguments", exc))
     return Outcome(message, actor)
+
+
+def dead_letter_hooks(app: App, message_id: str, message: Message | None, failure: Failure) -> None:
+    """Run the middleware's before_dead_letter hooks (reversed); a failing hook is logged, never raised."""
+    for hook in overriding(app.middleware, "before_dead_letter", reverse=True):
+        try:
+            hook(app, message, failure)
+        except Exception:
+            name = type(hook.__self__).__name__
+            log.exception("middleware %s failed in before_dead_letter for %s", name, message_id)
 
 
 def execute(app: App, body: bytes, loop: EventLoopThread | None) -> Outcome:
