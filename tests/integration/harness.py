@@ -535,6 +535,7 @@ class SteadyProducer:
     unavailable_messages: list[str] = field(default_factory=list)  # what each BrokerUnavailable said
     other_errors: list[str] = field(default_factory=list)
     thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         """Start sending in the background."""
@@ -546,6 +547,8 @@ class SteadyProducer:
         actor = self.app.get_actor("record")
         try:
             for _ in range(self.sends):
+                if self._stop.is_set():
+                    break
                 key = new_key()
                 try:
                     self.app.enqueue([actor.message_with_options(args=(key,), message_id=key)])
@@ -561,8 +564,189 @@ class SteadyProducer:
         finally:
             own.close()
 
+    def stop(self) -> None:
+        """Send nothing more after the send in progress (``sends`` is then only a cap)."""
+        self._stop.set()
+
     def join(self, timeout: float) -> None:
         """Wait for the last send; fails the test if it takes longer than ``timeout`` s."""
         assert self.thread is not None
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the producer did not finish its sends"
+
+
+RABBITMQ_BIN_ENV = "TASKMILL_TEST_RABBITMQ_BIN"  # a directory with rabbitmq-server and rabbitmqctl
+# Debian's /usr/sbin scripts switch to the rabbitmq OS user (and its Erlang cookie) when run as root, so the
+# real scripts they wrap come first: a private node runs as the test's user, with a cookie of its own.
+_RABBITMQ_BIN_DIRS = ("/usr/lib/rabbitmq/bin", "/opt/rabbitmq/sbin")
+_AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def rabbitmq_bin_dir() -> Path | None:
+    """Where ``rabbitmq-server`` and ``rabbitmqctl`` live: ``$TASKMILL_TEST_RABBITMQ_BIN``, the package's own script
+    directory, or PATH."""
+    candidates = [Path(p) for p in [os.environ.get(RABBITMQ_BIN_ENV), *_RABBITMQ_BIN_DIRS] if p]
+    if found := shutil.which("rabbitmq-server"):
+        candidates.append(Path(found).parent)
+    return next((c for c in candidates if (c / "rabbitmq-server").is_file() and (c / "rabbitmqctl").is_file()), None)
+
+
+def amqp_answers(port: int, timeout: float = 1.0) -> bool:
+    """True when a RabbitMQ on loopback ``port`` answers the AMQP 0-9-1 protocol header with Connection.Start."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(_AMQP_HEADER)
+            return sock.recv(1)[:1] == b"\x01"  # a method frame: the broker's application is up
+    except OSError:
+        return False
+
+
+class RabbitMQServer:
+    """A private RabbitMQ node (its own node name, ports, data, logs, config and Erlang cookie) on a loopback port,
+    never the shared server: a test can stop and start its application with ``rabbitmqctl stop_app``/``start_app``,
+    or SIGKILL the whole node and boot it again on the same data directory (durable queues and persistent messages
+    survive both).
+
+    The node shares the host's epmd (the Erlang port mapper) when one runs, and never kills it.
+    """
+
+    def __init__(self, directory: Path, bin_dir: Path | None = None) -> None:
+        found = bin_dir or rabbitmq_bin_dir()
+        if found is None:
+            raise FileNotFoundError(f"no rabbitmq-server and rabbitmqctl in ${RABBITMQ_BIN_ENV}, {_RABBITMQ_BIN_DIRS}")
+        self.bin_dir = found
+        self.directory = directory
+        self.port = free_port()
+        self.dist_port = free_port()
+        while self.dist_port == self.port:
+            self.dist_port = free_port()
+        self.node = f"tmfault-{uuid.uuid4().hex[:12]}@localhost"
+        self.marker = uuid.uuid4().hex
+        self.log_path = directory / "rabbitmq-server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        home = directory / "home"  # the Erlang cookie: the node writes it on first boot, rabbitmqctl reads it
+        config = directory / "rabbitmq.conf"
+        for path in (home, directory / "mnesia", directory / "log"):
+            path.mkdir(parents=True, exist_ok=True)
+        # Queue counts in list_queues (quorum queues' above all) are refreshed every collect_statistics_interval ms.
+        config.write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\ncollect_statistics_interval = 500\n")
+        (directory / "enabled_plugins").write_text("[].\n")
+        (directory / "rabbitmq-env.conf").write_text("")  # not the host's (which names the shared node)
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_PID_FILE": str(directory / "node.pid"),
+            RUN_ENV: self.marker,
+        }
+
+    def url(self, query: str = "") -> str:
+        """An ``amqp://`` URL of this node's default vhost, with ``query`` (no leading ``?``)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/" + (f"?{query}" if query else "")
+
+    @property
+    def pid(self) -> int | None:
+        """The running node's (launcher's) pid, or None."""
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+    def start(self, timeout: float = 60) -> float:
+        """Boot the node (it must not be running) and block until it speaks AMQP; returns the ``time.time()`` at
+        which it first did."""
+        assert self.pid is None, "the RabbitMQ node is running already"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.bin_dir / "rabbitmq-server")],
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        self.starts += 1
+        return wait_until(self._answers, timeout, f"RabbitMQ node {self.node} on port {self.port} to boot", 0.1)
+
+    def _answers(self) -> float | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"rabbitmq-server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return time.time() if amqp_answers(self.port) else None
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl -n <node> *args`` as the node's user and cookie; its output (fails the test on an error)."""
+        done = subprocess.run(
+            [str(self.bin_dir / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env,
+            cwd=self.directory,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)} exited with {done.returncode}: {done.stderr}"
+        return done.stdout
+
+    def stop_app(self) -> None:
+        """``rabbitmqctl stop_app``: the node stays up, the broker application (listeners, connections) stops."""
+        self.ctl("stop_app")
+
+    def start_app(self, timeout: float = 60) -> float:
+        """``rabbitmqctl start_app``; returns the ``time.time()`` at which the node first spoke AMQP again."""
+        self.ctl("start_app", timeout=timeout)
+        return wait_until(self._answers, timeout, f"RabbitMQ node {self.node} to accept connections", 0.05)
+
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """Every queue of the default vhost: name -> (messages ready, messages unacknowledged), read by rabbitmqctl."""
+        rows = self.ctl("list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged")
+        counts: dict[str, tuple[int, int]] = {}
+        for line in rows.splitlines():
+            name, ready, unacked = line.rsplit(None, 2)
+            counts[name] = (int(ready), int(unacked))
+        return counts
+
+    def kill(self) -> None:
+        """SIGKILL the node (the Erlang VM and its helpers, never epmd) and reap it."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in self._own_pids():
+            kill_quietly(pid)
+        self.process.wait(10)
+        self.process = None
+        wait_until(lambda: not [p for p in self._own_pids() if is_alive(p)], 10, "the RabbitMQ node to die")
+
+    def _own_pids(self) -> list[int]:
+        return [pid for pid in pids_with_marker(self.marker) if not _read(f"/proc/{pid}/comm").startswith(b"epmd")]
+
+    def restart(self, timeout: float = 60) -> float:
+        """SIGKILL the node and boot it again on the same data directory (see ``start``)."""
+        self.kill()
+        return self.start(timeout)
+
+    def ensure_running(self) -> None:
+        """Boot the node, or start its application, if a test left it down."""
+        if self.pid is None:
+            self.kill()
+            self.start()
+        elif not amqp_answers(self.port):
+            self.start_app()
+
+    def log(self) -> str:
+        """What the node printed to its console so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """Kill the node."""
+        self.kill()

@@ -2,7 +2,7 @@
 
 Each actor records its executions in the ledger named by ``TASKMILL_TEST_LEDGER``. How long
 ``record`` works comes from ``TASKMILL_TEST_TASK_MS`` ("10" or a range "5-20"), read per call, so a
-follow-up worker can run the same actor fast.
+follow-up worker can run the same actor fast; ``crash`` exits with ``TASKMILL_TEST_CRASH_CODE`` (default 1).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import ledger
 from taskmill import App
 
 TASK_MS_ENV = "TASKMILL_TEST_TASK_MS"
+CRASH_CODE_ENV = "TASKMILL_TEST_CRASH_CODE"  # the exit code of ``crash`` (default 1), read per call
 
 
 def task_seconds() -> float:
@@ -36,7 +37,7 @@ def make_app(broker_url: str | None = None) -> App:
     @app.actor(queue="poison")
     def crash(key: str) -> None:
         with ledger.execution(key):
-            os._exit(1)
+            os._exit(int(os.environ.get(CRASH_CODE_ENV, "1")))
 
     @app.actor(max_retries=1, min_backoff=0, max_backoff=0)  # an immediate retry keeps --burst runs exact
     def digest(key: str, payload: str, mode: str) -> int:
