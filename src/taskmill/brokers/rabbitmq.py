@@ -1,24 +1,13 @@
 """amqp:// and amqps:// — the RabbitMQ broker, on aio-pika, driven from one event-loop thread.
 
-RabbitMQ leases differently from the other backends: a delivery is held for as long as the
-channel that received it stays open, and comes back at once (redelivered) when that channel or
-its connection closes — a killed worker's messages return immediately, a stalled one's when the
-AMQP heartbeat gives up on it. So there is no time-based lease: ``extend`` only reports
-deliveries whose connection is gone, and a token names the connection it was received on, so a
-holder that lost its connection cannot settle (RabbitMQ itself refuses the stale ack).
-
-- Publisher confirms are always on: ``publish`` returns once RabbitMQ has the messages (persistent,
-  on durable queues).
-- Consumers get at most as many messages as the worker has free slots (a channel-wide QoS that
-  follows ``fetch``'s limit), so prefetch never holds back a priority-9 message.
-- Delivery counts: quorum queues count returned deliveries themselves (``x-delivery-count``);
-  on classic queues a redelivered message is re-published with its count raised before anyone
-  runs it (``x-taskmill-delivered``). Past ``max_deliveries`` it goes to the dead queue with the
-  reason ``delivery_limit``.
-- Retries, releases and dead letters publish a copy (confirmed) and then ack the original.
-
-The names and declarations, and the delay levels, are in ``rabbitmq_topology``; inspection and
-dead-letter operations in ``rabbitmq_inspect``.
+No time leases: a delivery is held while the connection that received it is open, and RabbitMQ
+gives it back at once when that connection closes. A token names its connection, so a holder whose
+connection is gone cannot settle; ``extend`` only reports such deliveries. Publishes are confirmed;
+consumers are pushed at most as many messages as the worker has free slots (so priority holds);
+delivery counts come from quorum queues' ``x-delivery-count`` or, on classic queues, from
+re-publishing a redelivered message with its count raised; retries, releases and dead letters
+publish a copy, then ack. docs/brokers.md tells the whole story; names, declarations and delay
+levels are in ``rabbitmq_topology``, inspection and dead letters in ``rabbitmq_inspect``.
 """
 
 from __future__ import annotations
@@ -36,6 +25,7 @@ from typing import Any, TypeVar
 
 from taskmill.brokers import rabbitmq_inspect as inspect
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.rabbitmq_client import open_connection, quiet_client_repeats
 from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
 from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_route, delay_units, parse_url, tag
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
@@ -67,6 +57,7 @@ class RabbitMQBroker(Broker):
     def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         self.aio_pika = _aio_pika()
+        quiet_client_repeats()  # the worker logs BrokerUnavailable instead, once per outage
         self.options = parse_url(url)
         self.names = Names(self.options.prefix)
         self.topology = Topology(self.names, self.options.queue_type)
@@ -83,6 +74,7 @@ class RabbitMQBroker(Broker):
         self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (its aio-pika queue, consumer tag)
         self._qos = 0
         self._limit = 1
+        self._published = False
         self._order = itertools.count()
         self._connect_lock: asyncio.Lock | None = None
 
@@ -118,9 +110,8 @@ class RabbitMQBroker(Broker):
                 if self.channel.is_closed:  # a refused declaration closes only the publishing channel
                     self.channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
                 return
-            connection = await self.aio_pika.connect(self.options.amqp_url, timeout=self.options.timeout)
-            self.channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._consumer = await connection.channel(publisher_confirms=False)
+            opened = await open_connection(self.aio_pika, self.options.amqp_url, self.options.timeout)
+            connection, self.channel, self._consumer = opened
             self._forget()
             connection.close_callbacks.add(self._closed)
             self._consumer.close_callbacks.add(self._closed)
@@ -156,10 +147,11 @@ class RabbitMQBroker(Broker):
         await self.connect()
         for record, _ in copies:
             if await self.topology.main(self.channel, record.queue):
-                await self.register(record.queue)
+                await inspect.register(self, record.queue)
             if record.delay_ms > 0:
                 await self.topology.delays(self.channel, record.queue)
         await asyncio.gather(*(self._send(record, delivered) for record, delivered in copies))
+        self._published = True  # the next fetch looks for them even if it already has something
 
     async def _send(self, record: Record, delivered: int, headers: dict[str, Any] | None = None) -> None:
         message = self.aio_pika.Message(
@@ -180,16 +172,11 @@ class RabbitMQBroker(Broker):
                 message, self.names.queue(record.queue), timeout=self.options.timeout
             )
 
-    async def register(self, queue: str) -> None:
-        """Add ``queue`` to the registry that stats() and dead_letters() read queue names from."""
-        await self.channel.declare_queue(self.names.registry, durable=True)
-        message = self.aio_pika.Message(queue.encode(), delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT)
-        await self.channel.default_exchange.publish(message, self.names.registry, timeout=self.options.timeout)
-
     # -- consuming -----------------------------------------------------------------------------
-    async def _consume(self, queues: Sequence[str], limit: int) -> None:
-        """Make sure ``queues`` are consumed with a QoS that lets RabbitMQ push at most ``limit`` more."""
+    async def _consume(self, queues: Sequence[str], limit: int) -> bool:
+        """Consume ``queues`` with a QoS that lets RabbitMQ push at most ``limit`` more; True if that changed."""
         await self.connect()
+        before = (self._qos, len(self._consuming))
         self._limit = max(limit, 1)
         if self.options.queue_type == "quorum":
             # quorum queues take only a per-consumer QoS, fixed when the consumer starts: it grows to
@@ -208,7 +195,7 @@ class RabbitMQBroker(Broker):
         for queue in queues:
             if queue not in self._consuming:
                 if await self.topology.main(self.channel, queue):
-                    await self.register(queue)
+                    await inspect.register(self, queue)
                 amqp_queue = await self._consumer.declare_queue(
                     self.names.queue(queue), durable=True, arguments=self.topology.main_arguments(queue)
                 )
@@ -219,6 +206,7 @@ class RabbitMQBroker(Broker):
 
                 consumer_tag = await amqp_queue.consume(received, consumer_tag=f"taskmill-{uuid.uuid4().hex}")
                 self._consuming[queue] = (amqp_queue, consumer_tag)
+        return before != (self._qos, len(self._consuming))
 
     async def _received(self, message: Any, queue: str, generation: int) -> None:
         if generation != self._generation:
@@ -260,10 +248,11 @@ class RabbitMQBroker(Broker):
         return self.call(self._fetch(queues, limit))
 
     async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        await self._consume(queues, limit)
+        changed = await self._consume(queues, limit)
         taken = self._take(queues, limit)
-        if len(taken) == limit:
-            return taken
+        if len(taken) == limit or (taken and not changed and not self._published):
+            return taken  # the rest is on its way, or not there: no round trip on a worker's busy path
+        self._published = False
         # A passive declare on the consuming channel is a sync point: RabbitMQ writes the deliveries it
         # made before the reply ahead of it, and counts only the messages it has not delivered yet.
         waiting = 0
@@ -273,7 +262,7 @@ class RabbitMQBroker(Broker):
         await _arrivals()
         taken += self._take(queues, limit - len(taken))
         deadline = time.monotonic() + 0.05
-        while waiting and not taken and time.monotonic() < deadline:  # still being pushed to us, or to another
+        while waiting and not taken and time.monotonic() < deadline:  # on its way to us, or to another
             await asyncio.sleep(0.001)
             taken = self._take(queues, limit)
         return taken

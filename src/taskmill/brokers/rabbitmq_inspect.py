@@ -101,6 +101,13 @@ async def _take_all(channel: Any, name: str) -> list[Any]:
     return taken
 
 
+async def register(broker: RabbitMQBroker, queue: str) -> None:
+    """Add ``queue`` to the registry that stats() and dead_letters() read queue names from."""
+    await broker.channel.declare_queue(broker.names.registry, durable=True)
+    message = broker.aio_pika.Message(queue.encode(), delivery_mode=broker.aio_pika.DeliveryMode.PERSISTENT)
+    await broker.channel.default_exchange.publish(message, broker.names.registry, timeout=broker.options.timeout)
+
+
 async def known_queues(broker: RabbitMQBroker) -> list[str]:
     """The queue names in the registry, each once (duplicates are removed as they are read)."""
     names: set[str] = set()
