@@ -6,13 +6,12 @@ import dataclasses
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from taskmill.brokers import Broker, Record, open_broker
-from taskmill.brokers.base import TRANSACTION
+from taskmill.brokers.base import Transaction
 from taskmill.errors import ActorNotFound, ConfigurationError, ResultMissing, ResultTimeout
 from taskmill.message import Message
 from taskmill.middleware import Middleware
@@ -173,18 +172,13 @@ class App:
             return True
         return self.settings.store_results if options.store_results is None else options.store_results
 
-    @contextmanager
-    def transaction(self, connection: Any) -> Iterator[None]:
-        """Inside this block, messages are written through ``connection`` (the application's own
-        database connection, in its open transaction): they exist only if that transaction commits.
-        Needs a broker that supports it (postgresql://)."""
-        if not self.broker.supports_transactions:
-            raise ConfigurationError(f"{self.broker.url.split(':')[0]}:// cannot join an application transaction")
-        token = TRANSACTION.set((self.broker, connection))
-        try:
-            yield
-        finally:
-            TRANSACTION.reset(token)
+    def transaction(self, connection: Any) -> Transaction:
+        """Inside this block, messages are written through ``connection`` (the application's own database
+        connection, in its open transaction): they exist only if that transaction commits. ``with`` it for a
+        psycopg Connection; ``async with`` it for a psycopg AsyncConnection (sends are checked at once and
+        written, awaited, when the block ends without an error). ConfigurationError for a broker that cannot
+        join (only postgresql:// can) or a connection of the wrong kind."""
+        return self.broker.transaction(connection)
 
     def close(self) -> None:
         """Close the broker's and the result store's connections."""
