@@ -128,11 +128,6 @@ class Broker(abc.ABC):
         buried, self._buried = self._buried, []
         return buried
 
-    @property
-    def supports_transactions(self) -> bool:
-        """Whether ``publish`` can join the application's own transaction (``App.transaction``)."""
-        return False
-
     def transaction(self, connection: Any) -> Transaction:
         """A block whose sends are written through ``connection``, in the application's own transaction."""
         raise ConfigurationError(f"{self.url.split(':')[0]}:// cannot join an application transaction")

@@ -92,10 +92,6 @@ class PostgresBroker(Broker):
         where = self.db.conninfo.split("?")[0].rsplit("@", 1)[-1]  # no credentials in banners and logs
         return f"postgresql://{where} (schema {self.db.schema})"
 
-    @property
-    def supports_transactions(self) -> bool:
-        return True
-
     def transaction(self, connection: Any) -> Transaction:
         return PostgresTransaction(self, connection)
 
