@@ -289,16 +289,13 @@ class RabbitMQBroker(Broker):
         return self.call(self._ack(deliveries)) if deliveries else []
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        lost: list[Delivery] = []
-        for delivery in deliveries:
-            message = self._held.pop(delivery.token, None)
-            if message is None:
+        held = [(delivery, self._held.pop(delivery.token, None)) for delivery in deliveries]
+        lost = [delivery for delivery, message in held if message is None]
+        acked = [(delivery, message) for delivery, message in held if message is not None]
+        results = await asyncio.gather(*(message.ack() for _, message in acked), return_exceptions=True)
+        for (delivery, _), result in zip(acked, results, strict=True):
+            if isinstance(result, BaseException):  # the channel is gone: RabbitMQ has the message back
                 lost.append(delivery)
-                continue
-            try:
-                await message.ack()
-            except (self.aio_pika.exceptions.AMQPError, self.aio_pika.exceptions.ChannelInvalidStateError):
-                lost.append(delivery)  # the channel is gone: RabbitMQ has the message back
         return lost
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
