@@ -610,7 +610,10 @@ class RabbitMQServer:
     The node shares the host's epmd (the Erlang port mapper) when one runs, and never kills it.
     """
 
-    def __init__(self, directory: Path, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, bin_dir: Path | None = None, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        """``tls``: (CA certificate, server certificate, server key) files for an extra TLS listener on ``tls_port``."""
         found = bin_dir or rabbitmq_bin_dir()
         if found is None:
             raise FileNotFoundError(f"no rabbitmq-server and rabbitmqctl in ${RABBITMQ_BIN_ENV}, {_RABBITMQ_BIN_DIRS}")
@@ -630,7 +633,16 @@ class RabbitMQServer:
         for path in (home, directory / "mnesia", directory / "log"):
             path.mkdir(parents=True, exist_ok=True)
         # Queue counts in list_queues (quorum queues' above all) are refreshed every collect_statistics_interval ms.
-        config.write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\ncollect_statistics_interval = 500\n")
+        settings = f"listeners.tcp.default = 127.0.0.1:{self.port}\ncollect_statistics_interval = 500\n"
+        self.tls_port = 0
+        if tls is not None:
+            self.tls_port = free_port()
+            ca, cert, key = tls
+            settings += (
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\nssl_options.cacertfile = {ca}\n"
+                f"ssl_options.certfile = {cert}\nssl_options.keyfile = {key}\nssl_options.verify = verify_none\n"
+            )
+        config.write_text(settings)
         (directory / "enabled_plugins").write_text("[].\n")
         (directory / "rabbitmq-env.conf").write_text("")  # not the host's (which names the shared node)
         self.env = {

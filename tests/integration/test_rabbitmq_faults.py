@@ -17,11 +17,14 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import shutil
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import ledger_app
@@ -41,7 +44,9 @@ from harness import (
 from ledger import Execution, Ledger, Report
 
 from taskmill import App
+from taskmill.brokers import Record, open_broker
 from taskmill.brokers.rabbitmq_topology import Names
+from taskmill.errors import BrokerUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +76,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         _no_server("the aio-pika package is not installed: pip install -e '.[dev]'")
     server: RabbitMQServer | None = None
     try:
-        server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"))
+        server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), tls=make_certificates(tmp_path_factory))
         server.start()
     except (OSError, AssertionError) as exc:
         log = server.log()[-2000:] if server is not None else ""
@@ -83,6 +88,45 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         yield Node(server)
     finally:
         server.stop()
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate authority: (certificate, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+    )
+    return cert, key
+
+
+def make_certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path] | None:
+    """(CA, server certificate, server key) for localhost and 127.0.0.1, or None without openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    directory = tmp_path_factory.mktemp("tls")
+    ca, ca_key = make_ca(directory, "taskmill-test-ca")
+    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", request)
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+             "-out", cert, "-extfile", directory / "san.ext")  # fmt: skip
+    return ca, cert, key
 
 
 @pytest.fixture
@@ -389,3 +433,27 @@ def test_process_killing_message_is_dead_lettered_after_max_deliveries_on_rabbit
 
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
+
+
+def test_amqps_checks_the_servers_certificate(rabbit: RabbitMQServer, tmp_path: Path) -> None:
+    """TLS: with the CA that signed the node's certificate a broker works; with another CA it is refused."""
+    if not rabbit.tls_port:
+        _no_server("openssl is not installed, so the node has no TLS listener")
+    ca = Path(rabbit.env["RABBITMQ_CONFIG_FILE"]).read_text().split("ssl_options.cacertfile = ")[1].split("\n")[0]
+    url = f"amqps://guest:guest@localhost:{rabbit.tls_port}/?cafile={ca}&prefix=tls{uuid.uuid4().hex[:8]}"
+    broker = open_broker(url)
+    try:
+        record = Record(uuid.uuid4().hex, "default", b"over TLS")
+        broker.publish([record])
+        deliveries = wait_until(lambda: broker.fetch(["default"], 1, 30_000), 10, "the message over TLS")
+        assert [(d.id, d.body) for d in deliveries] == [(record.id, b"over TLS")]
+        assert broker.ack(deliveries) == []
+    finally:
+        broker.close()
+    other_ca, _ = make_ca(tmp_path, "some-other-ca")
+    stranger = open_broker(f"amqps://guest:guest@localhost:{rabbit.tls_port}/?cafile={other_ca}&timeout=5")
+    try:
+        with pytest.raises(BrokerUnavailable):
+            stranger.publish([Record(uuid.uuid4().hex, "default", b"x")])
+    finally:
+        stranger.close()
