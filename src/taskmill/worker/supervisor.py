@@ -25,9 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from taskmill.errors import ConfigurationError
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # at run time imported where needed: the supervisor runs on the standard library alone
     from taskmill.app import App
 
 __all__ = ["WorkerConfig", "load_app", "run_child", "supervise"]
@@ -55,6 +53,7 @@ class WorkerConfig:
 def load_app(spec: str) -> App:
     """Import ``module[:attribute]`` and return its App (the only App in it, or taskmill's default)."""
     from taskmill.app import App
+    from taskmill.errors import ConfigurationError
 
     module_name, _, attribute = spec.partition(":")
     if os.getcwd() not in sys.path:
@@ -240,8 +239,8 @@ def supervise(config: WorkerConfig, *, reexec: bool = True) -> int:
     """Run the supervisor in this (main) thread until its children stopped.
 
     With ``reexec`` (where the platform has exec), this process first becomes a fresh interpreter
-    (same pid) that never imports the app: the CLI imported it for the banner, and a supervisor
-    holding the app's modules and broker client costs ~15 MB for nothing. SIGTERM and SIGINT stay
+    (same pid) running this file as a script, which imports neither the app nor taskmill: the CLI
+    imported both for the banner, ~20 MB a supervisor has no use for. SIGTERM and SIGINT stay
     blocked across the exec, so a stop asked for meanwhile is handled, not fatal.
     """
     if reexec and hasattr(os, "execv") and hasattr(signal, "pthread_sigmask"):
@@ -272,8 +271,8 @@ def _reexec(config: WorkerConfig) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     env = {**os.environ, _CONFIG_ENV: json.dumps(dataclasses.asdict(config))}
-    code = "from taskmill.worker.supervisor import main; main()"
-    os.execve(sys.executable, [sys.executable, "-c", code], env)  # noqa: S606 -- our own interpreter, fixed code
+    # -P: the script's directory (this package's) must not shadow top-level modules of the app
+    os.execve(sys.executable, [sys.executable, "-P", str(Path(__file__).resolve())], env)  # noqa: S606 -- our own interpreter, fixed code
 
 
 def main() -> None:
@@ -292,3 +291,7 @@ def _watch(paths: tuple[str, ...], reload: threading.Event, stop: threading.Even
         *[Path(p) for p in paths], watch_filter=watchfiles.PythonFilter(), stop_event=stop
     ):
         reload.set()
+
+
+if __name__ == "__main__":  # the re-executed supervisor; spawned children load this file as __mp_main__
+    main()
