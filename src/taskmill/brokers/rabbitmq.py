@@ -248,9 +248,9 @@ class RabbitMQBroker(Broker):
         return self.call(self._fetch(queues, limit))
 
     async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        changed = await self._consume(queues, limit)
+        look = await self._consume(queues, limit) or self._published  # just started, or our own messages
         taken = self._take(queues, limit)
-        if len(taken) == limit or (taken and not changed and not self._published):
+        if len(taken) == limit or (taken and not look):
             return taken  # the rest is on its way, or not there: no round trip on a worker's busy path
         self._published = False
         # A passive declare on the consuming channel is a sync point: RabbitMQ writes the deliveries it
@@ -261,10 +261,11 @@ class RabbitMQBroker(Broker):
             waiting += declared.declaration_result.message_count
         await _arrivals()
         taken += self._take(queues, limit - len(taken))
+        expect = min(limit, len(taken) + waiting) if look else min(1, waiting)  # quorum queues push late
         deadline = time.monotonic() + 0.05
-        while waiting and not taken and time.monotonic() < deadline:  # on its way to us, or to another
+        while len(taken) < expect and time.monotonic() < deadline:  # on its way to us, or to another
             await asyncio.sleep(0.001)
-            taken = self._take(queues, limit)
+            taken += self._take(queues, limit - len(taken))
         return taken
 
     def ack_and_fetch(
@@ -327,6 +328,7 @@ class RabbitMQBroker(Broker):
         if delay_ms > 0:
             await self.topology.delays(self.channel, delivery.queue)
         await send(record, delivered)
+        self._published = True
         with self._arrived:
             self._held.pop(delivery.token, None)
         await message.ack()

@@ -54,7 +54,7 @@ def dead_message(aio_pika: Any, record: Record, delivered: int, failure: Failure
             "x-taskmill-error-message": failure.error_message[:_TEXT_LIMIT],
             "x-taskmill-traceback": failure.traceback[-_TEXT_LIMIT:],
             DELIVERED: delivered,
-            "x-taskmill-dead-at": int(time.time() * 1000),
+            "x-taskmill-dead-at": time.time_ns(),  # ns, so dead letters of one millisecond keep their order
         },
     )
 
@@ -164,17 +164,18 @@ def dead_letter(message: Any, queue: str) -> DeadLetter:
         error_message=header_text(headers, "x-taskmill-error-message"),
         traceback=header_text(headers, "x-taskmill-traceback"),
         deliveries=header_int(headers, DELIVERED),
-        dead_at_ms=header_int(headers, "x-taskmill-dead-at"),
+        dead_at_ms=header_int(headers, "x-taskmill-dead-at") // 1_000_000,
     )
 
 
 async def dead_letters(broker: RabbitMQBroker, queue: str | None, limit: int, offset: int) -> list[DeadLetter]:
-    found: list[DeadLetter] = []
+    found: list[tuple[int, DeadLetter]] = []
     async with _side_channel(broker) as channel:
         for name in await _queues(broker, None if queue is None else [queue]):
-            found += [dead_letter(message, name) for message in await _take_all(channel, broker.names.dead(name))]
-    found.sort(key=lambda dead: dead.dead_at_ms, reverse=True)
-    return found[offset : offset + limit]
+            messages = await _take_all(channel, broker.names.dead(name))
+            found += [(header_int(dict(m.headers or {}), "x-taskmill-dead-at"), dead_letter(m, name)) for m in messages]
+    found.sort(key=lambda entry: entry[0], reverse=True)
+    return [dead for _, dead in found[offset : offset + limit]]
 
 
 async def _select_dead(broker: RabbitMQBroker, ids: Sequence[str] | None, queue: str | None, requeue: bool) -> int:
