@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ledger import ENV as LEDGER_ENV
-from ledger import Ledger
+from ledger import Execution, Ledger, Report
 
 from taskmill import App, BrokerUnavailable, Message
 from taskmill.brokers import QueueStats
@@ -762,3 +763,125 @@ class RabbitMQServer:
     def stop(self) -> None:
         """Kill the node."""
         self.kill()
+
+
+# -- checks the fault tests share ---------------------------------------------------------------
+def assert_clean(report: Report) -> None:
+    assert report.lost == frozenset(), report.summary()
+    assert report.unexpected == frozenset(), report.summary()
+
+
+def thread_crashes(worker: WorkerProcess) -> list[str]:
+    """Threads that died of an exception in the worker (threading's excepthook prints these)."""
+    return [line for line in worker.output().splitlines() if line.startswith("Exception in thread")]
+
+
+def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
+    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
+    try:
+        wait_completed(ledger, count, timeout)
+    except AssertionError as exc:
+        parts = [f"{exc}; got {ledger.completed_count()}"]
+        parts += [f"--- {w.output_path.name}: {thread_crashes(w)}; tail:\n{w.output()[-2500:]}" for w in logs]
+        raise AssertionError("\n".join(parts)) from None
+
+
+ACK_MARGIN_S = 0.5  # an execution that ended this long before a fault had its ack sent long before
+
+
+@dataclass
+class Outage:
+    """What a broker outage did to a steady producer and to a busy and an idle worker (F7/F8), from the ledger.
+
+    A send that raised may still have been stored (the server went away after storing, before replying): such an
+    id is indeterminate, not unexpected. Nothing is handed out while the broker is away, so whatever started
+    before it came back was handed out before the fault, and only those may run twice.
+    """
+
+    report: Report
+    enqueued: int  # OK sends plus the idle worker's one message
+    failed: set[str]  # ids whose send raised BrokerUnavailable
+    resumed: list[float]  # start times of the busy worker's runs after the broker came back
+    idle_run: Execution
+    up_at: float
+    producer_resume_s: float
+    in_flight: set[str]
+
+    @classmethod
+    def measure(cls, ledger: Ledger, sender: SteadyProducer, idle_key: str, down_at: float, up_at: float) -> Outage:
+        runs = ledger.executions()
+        (idle_run,) = [e for e in runs if e.id == idle_key]
+        return cls(
+            report=ledger.check(),
+            enqueued=len(sender.ok) + 1,
+            failed={key for key, _ in sender.unavailable},
+            resumed=[e.started for e in runs if e.started >= up_at and e.id != idle_key],
+            idle_run=idle_run,
+            up_at=up_at,
+            producer_resume_s=min((t for _, t in sender.ok if t >= up_at), default=float("nan")) - up_at,
+            in_flight={
+                e.id for e in runs if e.started < up_at and (e.ended is None or e.ended >= down_at - ACK_MARGIN_S)
+            },
+        )
+
+    @property
+    def landed_anyway(self) -> frozenset[str]:
+        return self.report.unexpected & self.failed
+
+    @property
+    def outside_fault(self) -> list[str]:
+        return [d.id for d in self.report.duplicates if d.id not in self.in_flight]
+
+    def figures(self) -> str:
+        report, busy = self.report, min(self.resumed) - self.up_at if self.resumed else float("nan")
+        return (
+            f"enqueued={report.enqueued} completed={report.completed} lost={len(report.lost)} dup={report.dup}"
+            f" unexpected={len(report.unexpected)} broker_unavailable={len(self.failed)}"
+            f" failed_but_landed={len(self.landed_anyway)} busy_worker_resume_s={busy:.3f}"
+            f" idle_worker_resume_s={self.idle_run.started - self.up_at:.3f}"
+            f" producer_resume_s={self.producer_resume_s:.3f} in_flight_window={len(self.in_flight)}"
+        )
+
+    def assert_nothing_lost(self) -> None:
+        """Lost 0 of the OK sends, nothing unexplained, duplicates only of what was in flight, and work resumed."""
+        assert self.report.lost == frozenset(), self.report.summary()
+        assert self.report.unexpected - self.failed == frozenset(), self.report.summary()
+        assert self.report.completed == self.enqueued + len(self.landed_anyway)
+        assert self.outside_fault == [], f"duplicates of messages not in flight at the fault: {self.outside_fault[:10]}"
+        assert self.resumed, "the busy worker ran nothing after the broker came back"
+
+
+def sigkill_chaos(
+    workers: Workers, ledger: Ledger, producer: App, name: str, messages: int = 500, kills: int = 3
+) -> None:
+    """F1 on a lease-based broker: SIGKILL busy worker children (2 processes x 4 threads, 40-80 ms tasks, 2 s
+    leases) ``kills`` times; nothing lost or unexpected, and no more duplicates than were in flight at the kills."""
+    ledger.enqueue(producer, record_messages(producer, messages))
+    env = {"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "40-80"}
+    worker = workers.worker("--grace", "10", processes=2, threads=4, env=env)
+    worker.wait_children(2)
+    wait_completed(ledger, 20, 20)
+    killed: list[int] = []
+    in_flight_at_kills = 0
+    for _ in range(kills):
+        children = worker.wait_children(2, without=killed)
+        busy = {e.pid for e in ledger.running()} & set(children)
+        victim = random.choice(sorted(busy or children))
+        assert ledger.completed_count() < messages, "the run finished before every kill; slow the actor down"
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+        in_flight_at_kills += totals(producer).in_flight  # the victim's leases stay counted until they expire
+        worker.wait_children(2, without=killed)
+        wait_completed(ledger, min(ledger.completed_count() + 10, messages), 20)
+
+    wait_all_completed(ledger, messages, 40, worker)
+    report = ledger.check(killed_pids=killed)
+    print(f"\nF1 {name}: {report.summary()} kills={len(killed)} in_flight_at_kills={in_flight_at_kills}")
+    assert_clean(report)
+    assert report.unexplained == (), report.summary()
+    assert report.dup <= in_flight_at_kills, report.summary()
+    assert report.completed == messages
+    assert wait_drained(producer).dead == 0
+    assert worker.output().count("exited with code -9; restarting it") == kills
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0

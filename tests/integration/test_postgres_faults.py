@@ -11,7 +11,6 @@ restart test is skipped, or fails when ``CI=true``.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
@@ -24,18 +23,23 @@ from typing import NoReturn
 import ledger_app
 import pytest
 from harness import (
+    Outage,
     PostgresServer,
     SteadyProducer,
     WorkerProcess,
     Workers,
+    assert_clean,
     new_key,
     record_messages,
+    sigkill_chaos,
+    thread_crashes,
     totals,
+    wait_all_completed,
     wait_completed,
     wait_drained,
     wait_until,
 )
-from ledger import Ledger, Report
+from ledger import Ledger
 
 from taskmill import App
 
@@ -121,70 +125,10 @@ def conninfo_and_schema(url: str) -> tuple[str, str]:
     return conninfo, query.removeprefix("schema=")
 
 
-def assert_clean(report: Report) -> None:
-    assert report.lost == frozenset(), report.summary()
-    assert report.unexpected == frozenset(), report.summary()
-
-
-def thread_crashes(worker: WorkerProcess) -> list[str]:
-    """Threads that died of an exception in the worker (threading's excepthook prints these)."""
-    return [line for line in worker.output().splitlines() if line.startswith("Exception in thread")]
-
-
-def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
-    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
-    try:
-        wait_completed(ledger, count, timeout)
-    except AssertionError as exc:
-        parts = [f"{exc}; got {ledger.completed_count()}"]
-        parts += [f"--- {w.output_path.name}: {thread_crashes(w)}; tail:\n{w.output()[-2500:]}" for w in logs]
-        raise AssertionError("\n".join(parts)) from None
-
-
 # -- F1: SIGKILL worker children mid-task ------------------------------------------------------
-KILL_MESSAGES = 500
-KILLS = 3
-KILL_THREADS = 4
-
-
 @pytest.mark.timeout(60)
 def test_sigkilled_children_lose_nothing_on_postgres(workers: Workers, ledger: Ledger, producer: App) -> None:
-    ledger.enqueue(producer, record_messages(producer, KILL_MESSAGES))
-    worker = workers.worker(
-        "--grace",
-        "10",
-        processes=2,
-        threads=KILL_THREADS,
-        env={"TASKMILL_LEASE_SECONDS": "2", "TASKMILL_TEST_TASK_MS": "40-80"},
-    )
-    worker.wait_children(2)
-    wait_completed(ledger, 20, 20)
-
-    killed: list[int] = []
-    in_flight_at_kills = 0
-    for _ in range(KILLS):
-        children = worker.wait_children(2, without=killed)
-        busy = {e.pid for e in ledger.running()} & set(children)
-        victim = random.choice(sorted(busy or children))
-        assert ledger.completed_count() < KILL_MESSAGES, "the run finished before every kill; slow the actor down"
-        os.kill(victim, signal.SIGKILL)
-        killed.append(victim)
-        in_flight_at_kills += totals(producer).in_flight  # the victim's leases stay counted until they expire
-        worker.wait_children(2, without=killed)
-        wait_completed(ledger, min(ledger.completed_count() + 10, KILL_MESSAGES), 20)
-
-    wait_all_completed(ledger, KILL_MESSAGES, 40, worker)
-    report = ledger.check(killed_pids=killed)
-    print(f"\nF1 postgres: {report.summary()} kills={len(killed)} in_flight_at_kills={in_flight_at_kills}")
-    assert_clean(report)
-    assert report.unexplained == (), report.summary()
-    assert report.dup <= in_flight_at_kills, report.summary()
-    assert report.completed == KILL_MESSAGES
-    assert wait_drained(producer).dead == 0
-    assert worker.output().count("exited with code -9; restarting it") == KILLS
-
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(15) == 0
+    sigkill_chaos(workers, ledger, producer, "postgres")
 
 
 # -- F7/F8: the server SIGKILLed and restarted under a steady producer -------------------------
@@ -194,7 +138,6 @@ KILL_AFTER_OK = 200
 OUTAGE_S = 1.5
 SENDER_POOL_TIMEOUT_S = 0.5
 FLOOD_LIMIT = 20
-ACK_MARGIN_S = 0.5  # an execution that ended this long before the kill had its ack sent long before
 IDLE_QUEUE = "idle"  # served by a worker of its own, so one worker is surely idle (in broker.wait) at the kill
 # What a worker logs while PostgreSQL is down: the fetch loop, heartbeats, failed acks, and psycopg_pool's reconnects.
 OUTAGE_LINE = re.compile(
@@ -242,41 +185,16 @@ def test_busy_and_idle_workers_ride_out_a_postgres_kill_and_restart(
     sender.join(60)
     assert sender.other_errors == [], "a send failed with an error other than BrokerUnavailable"
     said = sorted({message.split("\n")[0][:90] for message in sender.unavailable_messages})
-    enqueued = len(sender.ok) + 1
-    wait_all_completed(ledger, enqueued, 30, busy, idle)
-
-    runs = ledger.executions()
-    resumed = [e.started for e in runs if e.started >= up_at and e.id != idle_key]
-    busy_resume_s = min(resumed) - up_at if resumed else float("nan")
-    (idle_run,) = [e for e in runs if e.id == idle_key]
-    idle_resume_s = idle_run.started - up_at
-    producer_resume_s = min((t for _, t in sender.ok if t >= up_at), default=float("nan")) - up_at
-    failed_ids = {key for key, _ in sender.unavailable}
-    report = ledger.check()
-    # A send that raised may still have committed (the server died after the commit, before the reply): such an id
-    # is indeterminate, not unexpected. Anything else completed without an OK send would be.
-    landed_anyway = report.unexpected & failed_ids
-    # Nothing can be fetched while the server is down, so whatever started before it came back was leased before.
-    in_flight_at_fault = {
-        e.id for e in runs if e.started < up_at and (e.ended is None or e.ended >= killed_at - ACK_MARGIN_S)
-    }
-    outside_fault = [d.id for d in report.duplicates if d.id not in in_flight_at_fault]
+    wait_all_completed(ledger, len(sender.ok) + 1, 30, busy, idle)
+    outage = Outage.measure(ledger, sender, idle_key, killed_at, up_at)
     busy_flood, idle_flood = outage_lines(busy), outage_lines(idle)
     print(
-        f"\nF7 postgres: enqueued={report.enqueued} completed={report.completed} lost={len(report.lost)}"
-        f" dup={report.dup} unexpected={len(report.unexpected)} sends={SENDS} ok={len(sender.ok)}"
-        f" broker_unavailable={len(sender.unavailable)} failed_but_landed={len(landed_anyway)}"
-        f" outage_s={up_at - killed_at:.3f} busy_worker_resume_s={busy_resume_s:.3f}"
-        f" idle_worker_resume_s={idle_resume_s:.3f} producer_resume_s={producer_resume_s:.3f}"
-        f" leased_before_kill={leased_before_kill} in_flight_window={len(in_flight_at_fault)}"
+        f"\nF7 postgres: {outage.figures()} sends={SENDS} ok={len(sender.ok)} outage_s={up_at - killed_at:.3f}"
+        f" leased_before_kill={leased_before_kill}"
         f" outage_log_lines busy={len(busy_flood)} idle={len(idle_flood)} broker_unavailable_said={said}"
     )
-    assert report.lost == frozenset(), report.summary()
-    assert report.unexpected - failed_ids == frozenset(), report.summary()
-    assert report.completed == enqueued + len(landed_anyway)
-    assert outside_fault == [], f"duplicates of messages not in flight at the fault: {outside_fault[:10]}"
-    assert resumed, "the busy worker ran nothing after the restart"
-    assert idle_run.pid in idle_children
+    outage.assert_nothing_lost()
+    assert outage.idle_run.pid in idle_children
     assert (busy.children(), idle.children()) == (busy_children, idle_children), "a worker process was restarted"
     assert (thread_crashes(busy), thread_crashes(idle)) == ([], [])
     assert len(busy_flood) <= FLOOD_LIMIT, "\n".join(busy_flood)

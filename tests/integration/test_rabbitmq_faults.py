@@ -30,18 +30,23 @@ from typing import NoReturn
 import ledger_app
 import pytest
 from harness import (
+    ACK_MARGIN_S,
+    Outage,
     RabbitMQServer,
     SteadyProducer,
     WorkerProcess,
     Workers,
+    assert_clean,
     is_alive,
     new_key,
     record_messages,
+    thread_crashes,
+    wait_all_completed,
     wait_completed,
     wait_drained,
     wait_until,
 )
-from ledger import Execution, Ledger, Report
+from ledger import Execution, Ledger
 
 from taskmill import App
 from taskmill.brokers import Record, open_broker
@@ -154,26 +159,6 @@ def prefix_of(url: str) -> str:
     return url.split("prefix=", 1)[1].split("&", 1)[0]
 
 
-def assert_clean(report: Report) -> None:
-    assert report.lost == frozenset(), report.summary()
-    assert report.unexpected == frozenset(), report.summary()
-
-
-def thread_crashes(worker: WorkerProcess) -> list[str]:
-    """Threads that died of an exception in the worker (threading's excepthook prints these)."""
-    return [line for line in worker.output().splitlines() if line.startswith("Exception in thread")]
-
-
-def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
-    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
-    try:
-        wait_completed(ledger, count, timeout)
-    except AssertionError as exc:
-        parts = [f"{exc}; got {ledger.completed_count()}"]
-        parts += [f"--- {w.output_path.name}: {thread_crashes(w)}; tail:\n{w.output()[-2500:]}" for w in logs]
-        raise AssertionError("\n".join(parts)) from None
-
-
 def node_counts(rabbit: RabbitMQServer, url: str) -> tuple[int, int]:
     """(ready, unacked) summed over the main queues of the URL's prefix, from ``rabbitmqctl list_queues``."""
     main = Names(prefix_of(url)).queue("")
@@ -201,7 +186,6 @@ def percentile(values: list[float], fraction: float) -> float:
 KILL_MESSAGES = 1000
 KILLS = 3
 KILL_THREADS = 4
-ACK_MARGIN_S = 0.5  # an execution that ended this long before a kill had its ack sent long before
 
 
 @dataclass(frozen=True)
@@ -337,43 +321,17 @@ def test_busy_and_idle_workers_ride_out_a_rabbitmq_outage(
     sender.join(30)
     assert sender.other_errors == [], "a send failed with an error other than BrokerUnavailable"
     said = sorted({message.split("\n")[0][:90] for message in sender.unavailable_messages})
-    enqueued = len(sender.ok) + 1
-    wait_all_completed(ledger, enqueued, 30, busy, idle)
-
-    runs = ledger.executions()
-    resumed = [e.started for e in runs if e.started >= up_at and e.id != idle_key]
-    busy_resume_s = min(resumed) - up_at if resumed else float("nan")
-    (idle_run,) = [e for e in runs if e.id == idle_key]
-    idle_resume_s = idle_run.started - up_at
-    producer_resume_s = min((t for _, t in sender.ok if t >= up_at), default=float("nan")) - up_at
-    failed_ids = {key for key, _ in sender.unavailable}
-    report = ledger.check()
-    # A send that raised may still have been stored (the confirm was lost with the connection): such an id is
-    # indeterminate, not unexpected. Anything else completed without an OK send would be.
-    landed_anyway = report.unexpected & failed_ids
-    # Nothing is delivered while the broker is away, so whatever started before it came back was delivered before
-    # the fault: the deliveries the dropped connections held return to their queues and may run again.
-    in_flight_at_fault = {
-        e.id for e in runs if e.started < up_at and (e.ended is None or e.ended >= down_at - ACK_MARGIN_S)
-    }
-    outside_fault = [d.id for d in report.duplicates if d.id not in in_flight_at_fault]
+    wait_all_completed(ledger, len(sender.ok) + 1, 30, busy, idle)
+    outage = Outage.measure(ledger, sender, idle_key, down_at, up_at)
     busy_flood, idle_flood = log_lines(busy, marks[0]), log_lines(idle, marks[1])
     print(
-        f"\nF7 rabbitmq {queue_type} {fault}: enqueued={report.enqueued} completed={report.completed}"
-        f" lost={len(report.lost)} dup={report.dup} unexpected={len(report.unexpected)}"
-        f" ok_sends={len(sender.ok)} broker_unavailable={len(sender.unavailable)}"
-        f" failed_but_landed={len(landed_anyway)} outage_s={up_at - down_at:.3f} busy_worker_resume_s="
-        f"{busy_resume_s:.3f} idle_worker_resume_s={idle_resume_s:.3f} producer_resume_s={producer_resume_s:.3f}"
-        f" in_flight_window={len(in_flight_at_fault)} log_lines busy={len(busy_flood)} idle={len(idle_flood)}"
+        f"\nF7 rabbitmq {queue_type} {fault}: {outage.figures()} ok_sends={len(sender.ok)}"
+        f" outage_s={up_at - down_at:.3f} log_lines busy={len(busy_flood)} idle={len(idle_flood)}"
         f" broker_unavailable_said={said}"
     )
-    assert report.lost == frozenset(), report.summary()
-    assert report.unexpected - failed_ids == frozenset(), report.summary()
-    assert report.completed == enqueued + len(landed_anyway)
-    assert outside_fault == [], f"duplicates of messages not in flight at the fault: {outside_fault[:10]}"
+    outage.assert_nothing_lost()
     assert sender.unavailable, "no send failed: the outage did not overlap the sends"
-    assert resumed, "the busy worker ran nothing after the restart"
-    assert idle_run.pid in idle_children
+    assert outage.idle_run.pid in idle_children
     assert (busy.children(), idle.children()) == (busy_children, idle_children), "a worker process was restarted"
     assert (thread_crashes(busy), thread_crashes(idle)) == ([], [])
     assert len(busy_flood) <= FLOOD_LIMIT, "\n".join(busy_flood)
