@@ -200,3 +200,34 @@ def test_a_vhost_in_the_url_keeps_its_messages_apart(url: str) -> None:
             outside.close()
     finally:
         subprocess.run([rabbitmqctl, "delete_vhost", vhost], check=True, capture_output=True)
+
+
+def test_a_queue_declared_with_other_arguments_is_a_configuration_error_and_the_broker_carries_on(url: str) -> None:
+    broker = RabbitMQBroker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+
+        async def declare_plain() -> None:  # as another tool would have: no priority, no dead-letter exchange
+            await broker.connect()
+            channel = await broker._connection.channel()
+            await channel.declare_queue(broker.names.queue("taken"), durable=True)
+            await channel.close()
+
+        broker.call(declare_plain())
+        with pytest.raises(ConfigurationError, match="other arguments"):
+            broker.publish([Record(new_message_id(), "taken", b"x")])
+        record = Record(new_message_id(), "default", b"fine")  # the refused declaration closed only a channel
+        broker.publish([record])
+        deliveries = wait_for(lambda: broker.fetch(["default"], 5, 30_000))
+        assert [d.id for d in deliveries] == [record.id]
+    finally:
+        broker.close()
+        delete = RabbitMQBroker(url)
+        try:
+
+            async def drop() -> None:
+                await delete.connect()
+                await delete.channel.queue_delete(delete.names.queue("taken"))
+
+            delete.call(drop())
+        finally:
+            delete.close()
