@@ -52,10 +52,16 @@ WITH stored AS (
 )
 SELECT pg_notify(%s, '')
 """
+# Per queue, so each walks messages_order in its order and stops after the limit (with "queue = ANY"
+# the planner took every due row from messages_due and sorted them: 24 ms with 20,000 queued, not 0.2).
 _PICK = """
-SELECT seq, id, queue, priority, deliveries, token, body FROM {schema}.messages
-WHERE queue = ANY(%s) AND available_at <= now()
-ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED
+SELECT m.seq, m.id, m.queue, m.priority, m.deliveries, m.token, m.body
+FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL (
+    SELECT seq, id, queue, priority, deliveries, token, body FROM {schema}.messages
+    WHERE queue = q.name AND available_at <= now()
+    ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED
+) AS m
+ORDER BY m.priority DESC, m.seq LIMIT %s
 """
 _LEASE = """
 UPDATE {schema}.messages SET deliveries = deliveries + 1, token = md5(random()::text || clock_timestamp()::text),
@@ -139,7 +145,8 @@ class PostgresBroker(Broker):
                 done = {(r[0], r[1]) for r in conn.execute(self.db.sql(_ACK), _pairs(acks)).fetchall()}
                 lost = [d for d in acks if (d.id, d.token) not in done]
             while queues and len(fetched) < limit:
-                rows = conn.execute(self.db.sql(_PICK), (list(queues), limit - len(fetched))).fetchall()
+                want = limit - len(fetched)
+                rows = conn.execute(self.db.sql(_PICK), (list(queues), want, want)).fetchall()
                 over = [r[0] for r in rows if r[5] is not None and r[4] >= self.max_deliveries]
                 if over:
                     self._bury_limit(conn, over)

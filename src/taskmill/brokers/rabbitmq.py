@@ -77,6 +77,7 @@ class RabbitMQBroker(Broker):
         self._published = False
         self._order = itertools.count()
         self._connect_lock: asyncio.Lock | None = None
+        self._pushed = asyncio.Event()  # set on the loop as each delivery reaches the buffer
 
     @property
     def location(self) -> str:
@@ -235,6 +236,7 @@ class RabbitMQBroker(Broker):
             self._held[token] = message
             self._buffer.append((-delivery.priority, next(self._order), delivery))
             self._arrived.notify_all()
+            self._pushed.set()
 
     def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         with self._arrived:
@@ -252,6 +254,12 @@ class RabbitMQBroker(Broker):
         taken = self._take(queues, limit)
         if len(taken) == limit or (taken and not look):
             return taken  # the rest is on its way, or not there: no round trip on a worker's busy path
+        if not look:  # the acks just sent free credit: the next push is usually a round trip away
+            self._pushed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pushed.wait(), 0.002)
+            if taken := self._take(queues, limit):
+                return taken
         self._published = False
         # A passive declare on the consuming channel is a sync point: RabbitMQ writes the deliveries it
         # made before the reply ahead of it, and counts only the messages it has not delivered yet.
