@@ -10,7 +10,6 @@ restart test is skipped, or fails when ``CI=true``.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
 
 import ledger_app
 import pytest
@@ -30,6 +28,7 @@ from harness import (
     Workers,
     assert_clean,
     new_key,
+    no_server,
     record_messages,
     sigkill_chaos,
     thread_crashes,
@@ -49,12 +48,6 @@ SHARED_URL = "postgresql://postgres@127.0.0.1:5432/test"  # never restarted here
 DATABASE = "test"
 
 
-def _no_server(problem: str) -> NoReturn:
-    if os.environ.get("CI") == "true":  # CI must never skip a missing server
-        pytest.fail(problem)
-    pytest.skip(problem)
-
-
 @dataclass
 class Cluster:
     """The module's private cluster, or why there is none."""
@@ -69,7 +62,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         import psycopg  # the broker needs it too
     except ImportError:
-        _no_server("the psycopg package is not installed: pip install -e '.[dev]'")
+        no_server("the psycopg package is not installed: pip install -e '.[dev]'")
     server: PostgresServer | None = None
     try:
         server = PostgresServer()
@@ -91,7 +84,7 @@ def cluster() -> Iterator[Cluster]:
 def pg_server(cluster: Cluster) -> PostgresServer:
     """The private cluster, for tests that kill it (restarted first if a test left it down)."""
     if cluster.server is None:
-        _no_server(cluster.problem)
+        no_server(cluster.problem)
     cluster.server.ensure_running()
     return cluster.server
 
@@ -109,7 +102,7 @@ def broker_url(cluster: Cluster) -> Iterator[str]:
         try:
             psycopg.connect(database, connect_timeout=2).close()
         except psycopg.OperationalError as exc:
-            _no_server(f"{cluster.problem}; and no PostgreSQL server at {database}: {exc}")
+            no_server(f"{cluster.problem}; and no PostgreSQL server at {database}: {exc}")
     schema = f"tmfault_{uuid.uuid4().hex}"
     yield f"{database}?schema={schema}"
     if cluster.server is not None:

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import ledger_app
 import pytest
@@ -39,6 +38,7 @@ from harness import (
     assert_clean,
     is_alive,
     new_key,
+    no_server,
     record_messages,
     thread_crashes,
     wait_all_completed,
@@ -58,12 +58,6 @@ pytestmark = pytest.mark.slow
 BOTH = pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 
 
-def _no_server(problem: str) -> NoReturn:
-    if os.environ.get("CI") == "true":  # CI must never skip a missing server
-        pytest.fail(problem)
-    pytest.skip(problem)
-
-
 @dataclass
 class Node:
     """The module's private node, or why there is none."""
@@ -78,7 +72,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     try:
         import aio_pika  # noqa: F401 -- the broker needs it
     except ImportError:
-        _no_server("the aio-pika package is not installed: pip install -e '.[dev]'")
+        no_server("the aio-pika package is not installed: pip install -e '.[dev]'")
     server: RabbitMQServer | None = None
     try:
         server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), tls=make_certificates(tmp_path_factory))
@@ -138,7 +132,7 @@ def make_certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 def rabbit(node: Node) -> RabbitMQServer:
     """The private node, its application running (started again if a test left it stopped)."""
     if node.server is None:
-        _no_server(node.problem)
+        no_server(node.problem)
     node.server.ensure_running()
     return node.server
 
@@ -396,7 +390,7 @@ def test_process_killing_message_is_dead_lettered_after_max_deliveries_on_rabbit
 def test_amqps_checks_the_servers_certificate(rabbit: RabbitMQServer, tmp_path: Path) -> None:
     """TLS: with the CA that signed the node's certificate a broker works; with another CA it is refused."""
     if not rabbit.tls_port:
-        _no_server("openssl is not installed, so the node has no TLS listener")
+        no_server("openssl is not installed, so the node has no TLS listener")
     ca = Path(rabbit.env["RABBITMQ_CONFIG_FILE"]).read_text().split("ssl_options.cacertfile = ")[1].split("\n")[0]
     url = f"amqps://guest:guest@localhost:{rabbit.tls_port}/?cafile={ca}&prefix=tls{uuid.uuid4().hex[:8]}"
     broker = open_broker(url)

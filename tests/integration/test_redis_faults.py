@@ -16,7 +16,6 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 from harness import (
@@ -29,6 +28,7 @@ from harness import (
     assert_clean,
     is_alive,
     new_key,
+    no_server,
     record_messages,
     sigkill_chaos,
     totals,
@@ -44,21 +44,15 @@ from taskmill import App
 pytestmark = pytest.mark.slow
 
 
-def _no_redis(problem: str) -> NoReturn:
-    if os.environ.get("CI") == "true":  # CI must never skip a missing server
-        pytest.fail(problem)
-    pytest.skip(problem)
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server (AOF, fsync always) for this module; killed when the module ends."""
     if shutil.which(REDIS_SERVER) is None:
-        _no_redis(f"{REDIS_SERVER} is not installed")
+        no_server(f"{REDIS_SERVER} is not installed")
     try:
         import redis  # noqa: F401 -- the broker needs it
     except ImportError:
-        _no_redis("the redis package is not installed: pip install -e '.[dev]'")
+        no_server("the redis package is not installed: pip install -e '.[dev]'")
     server = RedisServer(tmp_path_factory.mktemp("redis-server"))
     try:
         server.start()

@@ -88,3 +88,16 @@ local function held(k, id, token)
   if m and m.token ~= '' and m.token == token then return m end
   return nil
 end
+
+-- The sooner of ``soonest`` (-1: none yet) and the ms from ``now`` until queue k's next delayed
+-- message or lease expiry falls due.
+local function soonest_due(k, now, soonest)
+  for _, key in ipairs({k.delayed, k.leased}) do
+    local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if head[2] then
+      local wait = math.max(tonumber(head[2]) - now, 0)
+      if soonest < 0 or wait < soonest then soonest = wait end
+    end
+  end
+  return soonest
+end

@@ -131,14 +131,7 @@ local soonest = -2
 if #picked < limit then  -- the queues are empty now: say when to look again, so idle waits need no look
   soonest = -1
   for q = 1, n_queues do
-    local k = queue_keys(q)
-    for _, key in ipairs({k.delayed, k.leased}) do
-      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      if head[2] then
-        local wait = math.max(tonumber(head[2]) - now, 0)
-        if soonest < 0 or wait < soonest then soonest = wait end
-      end
-    end
+    soonest = soonest_due(queue_keys(q), now, soonest)
   end
 end
 local out = {lost, buried, soonest}

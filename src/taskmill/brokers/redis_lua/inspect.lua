@@ -10,13 +10,7 @@ for q = 1, #KEYS / GROUP do
   table.insert(out, {ready, redis.call('ZCOUNT', k.delayed, '(' .. now, '+inf'),
     redis.call('ZCOUNT', k.leased, '(' .. now, '+inf'), redis.call('ZCARD', k.dead)})
   if ready > 0 then soonest = 0 end
-  for _, key in ipairs({k.delayed, k.leased}) do
-    local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if head[2] then
-      local wait = math.max(tonumber(head[2]) - now, 0)
-      if soonest < 0 or wait < soonest then soonest = wait end
-    end
-  end
+  soonest = soonest_due(k, now, soonest)
 end
 table.insert(out, soonest)
 return out
