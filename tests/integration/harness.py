@@ -31,6 +31,7 @@ from ledger import Execution, Ledger, Report
 
 from taskmill import App, BrokerUnavailable, Message
 from taskmill.brokers import QueueStats
+from taskmill.worker.supervisor import Child
 
 REDIS_SERVER = "redis-server"
 PG_BIN_ENV = "TASKMILL_TEST_PG_BIN"  # a directory with initdb and postgres, when not in the usual places
@@ -168,13 +169,11 @@ class WorkerProcess:
         return self.output_path.read_text(errors="replace")
 
     def children(self) -> list[int]:
-        """The live worker processes (spawned children), not multiprocessing's resource tracker."""
+        """The live worker processes (the supervisor's spawned children)."""
         return sorted(
             pid
             for pid in _all_pids()
-            if _parent_pid(pid) == self.pid
-            and b"--multiprocessing-fork" in _read(f"/proc/{pid}/cmdline")
-            and is_alive(pid)
+            if _parent_pid(pid) == self.pid and Child.MARK.encode() in _read(f"/proc/{pid}/cmdline") and is_alive(pid)
         )
 
     def wait_children(self, count: int, *, without: Collection[int] = (), timeout: float = 20) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -120,3 +121,34 @@ def test_batched_info_lines_come_out_on_flush_and_a_warning_brings_them_out_firs
     handler.handle(record(logging.INFO, "four"))
     handler.flush()
     assert stream.getvalue().endswith("three\nfour\n")
+
+
+def test_a_batched_line_keeps_the_text_its_arguments_had_when_it_was_logged() -> None:
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, delay=60)
+    state = ["before"]
+    handler.handle(logging.LogRecord("taskmill.test", logging.INFO, __file__, 1, "state %s", (state,), None))
+    state[0] = "after"
+    handler.flush()
+    assert stream.getvalue() == "state ['before']\n"
+
+
+def test_no_line_is_lost_when_eight_threads_log_while_the_handler_flushes() -> None:
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, delay=0.001)  # the flush thread runs all the time
+    start = threading.Barrier(8)
+
+    def log_lines(thread: int) -> None:
+        start.wait()
+        for i in range(2_000):
+            level = logging.WARNING if i % 500 == 0 else logging.INFO
+            handler.handle(record(level, f"{thread}-{i}"))
+
+    threads = [threading.Thread(target=log_lines, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.flush()
+    lines = stream.getvalue().splitlines()
+    assert sorted(lines) == sorted(f"{t}-{i}" for t in range(8) for i in range(2_000))

@@ -8,19 +8,18 @@ a child did not ack stays in the broker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import importlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -31,12 +30,11 @@ if TYPE_CHECKING:  # at run time imported where needed: the supervisor runs on t
 __all__ = ["WorkerConfig", "load_app", "run_child", "supervise"]
 
 log = logging.getLogger("taskmill.supervisor")
-_spawn = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """What every worker process needs to know; pickled to spawned children."""
+    """What every worker process needs to know; passed to the supervisor and its children as JSON."""
 
     app_spec: str
     processes: int = 1
@@ -87,23 +85,40 @@ def configure_logging(level: str) -> None:
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes INFO and below in batches, at most ``delay`` s late; WARNING and
-    above (and every line before them) at once. A worker logs a line per message: one write per
-    line, made while holding the handler's lock, made busy threads queue behind each other."""
+    above (and every line queued before them) at once.
+
+    A worker logs a line per message. Formatting and writing each one while holding the handler's
+    lock made eight busy threads queue behind each other and cost a third of the drain rate, so an
+    INFO record is only queued here, without the lock (its message text is made at once, so later
+    changes to its arguments do not show), and the flush thread formats and writes the batch.
+    """
 
     def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
         super().__init__(stream)
         self.delay = delay
-        self._pending: list[str] = []
+        self._pending: collections.deque[logging.LogRecord] = collections.deque()  # appends need no lock
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_later, name="taskmill-log-flush", daemon=True).start()
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return bool(super().handle(record))  # locked: emit() writes the queue, then this record
+        if not self.filter(record):
+            return False
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:  # noqa: BLE001 -- logging must never raise into the caller
+            self.handleError(record)
+            return False
+        self._pending.append(record)
+        if not self._waiting.is_set():
+            self._waiting.set()
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
         try:
-            self._pending.append(self.format(record) + self.terminator)
-            if record.levelno >= logging.WARNING:
-                self._write()
-            elif not self._waiting.is_set():
-                self._waiting.set()
+            self._pending.append(record)
+            self._write()
         except Exception:  # noqa: BLE001 -- logging must never raise into the caller
             self.handleError(record)
 
@@ -112,7 +127,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
     def _write(self) -> None:
-        lines, self._pending = self._pending, []
+        lines = []
+        with contextlib.suppress(IndexError):  # until the queue is empty; appends may race in
+            while True:
+                record = self._pending.popleft()
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:  # noqa: BLE001 -- one bad record must not hold back the rest
+                    self.handleError(record)
         if lines and self.stream is not None:
             self.stream.write("".join(lines))
         if self.stream is not None and hasattr(self.stream, "flush"):
@@ -128,8 +150,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def run_child(config: WorkerConfig) -> None:
-    """Entry point of one worker process."""
-    os.setpgrp()  # Ctrl-C reaches the supervisor only; it forwards the signal once
+    """Entry point of one worker process (its own process group: Ctrl-C reaches the supervisor
+    only, which forwards the signal once)."""
     os.chdir(config.cwd)
     configure_logging(config.log_level)
     from taskmill.worker.consumer import Worker
@@ -165,25 +187,57 @@ def run_child(config: WorkerConfig) -> None:
     app.close()
 
 
+class Child:
+    """One worker process: a fresh interpreter running ``run_child`` (no multiprocessing, so no
+    resource-tracker process beside it), in its own process group, stdin on /dev/null."""
+
+    MARK = "taskmill-worker-process"  # in its command line, so tools and tests can tell it apart
+
+    def __init__(self, config: WorkerConfig) -> None:
+        code = (
+            f"import sys; sys.path.append({_PACKAGE_ROOT!r}); "  # taskmill's own location, last: shadows nothing
+            "from taskmill.worker.supervisor import child_main; child_main()"
+        )
+        env = {**os.environ, _CHILD_CONFIG_ENV: _to_json(config)}
+        self.pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-P", "-c", code, self.MARK],
+            env,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+            setpgroup=0,
+        )
+        self.exitcode: int | None = None
+
+    def is_alive(self) -> bool:
+        if self.exitcode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)  # -N when killed by signal N
+        return self.exitcode is None
+
+    def join(self) -> None:
+        if self.exitcode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.exitcode = os.waitstatus_to_exitcode(status)
+
+
 class Supervisor:
     """Keeps ``config.processes`` children alive until asked to stop."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.children: list[BaseProcess | None] = [None] * config.processes
+        self.children: list[Child | None] = [None] * config.processes
         self.signals = 0
         self.reload = threading.Event()
         self.retiring: set[int] = set()  # pids a reload has asked to stop
         self._restarts: list[float] = []
 
     def _spawn(self, slot: int) -> None:
-        process = _spawn.Process(target=run_child, args=(self.config,), name=f"taskmill-worker-{slot}")
-        process.start()
-        self.children[slot] = process
+        self.children[slot] = Child(self.config)
 
     def _signal_children(self, signum: int, *, skip: set[int] | frozenset[int] = frozenset()) -> None:
         for child in self.children:
-            if child is not None and child.is_alive() and child.pid is not None and child.pid not in skip:
+            if child is not None and child.is_alive() and child.pid not in skip:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signum)
 
@@ -204,7 +258,7 @@ class Supervisor:
             if self.reload.is_set() and not self.signals:
                 self.reload.clear()
                 log.info("code changed: restarting workers")
-                self.retiring = {c.pid for c in self.children if c is not None and c.pid is not None}
+                self.retiring = {c.pid for c in self.children if c is not None}
                 self._signal_children(signal.SIGTERM)
                 for child in self.children:
                     if child is not None:
@@ -260,7 +314,19 @@ def supervise(config: WorkerConfig, *, reexec: bool = True) -> int:
 
 
 _CONFIG_ENV = "TASKMILL_SUPERVISOR_CONFIG"
+_CHILD_CONFIG_ENV = "TASKMILL_WORKER_CONFIG"
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where ``taskmill`` is importable from
+
+
+def _to_json(config: WorkerConfig) -> str:
+    return json.dumps(dataclasses.asdict(config))
+
+
+def _from_env(name: str) -> WorkerConfig:
+    raw: dict[str, Any] = json.loads(os.environ.pop(name))
+    fields: dict[str, Any] = {key: tuple(v) if isinstance(v, list) else v for key, v in raw.items()}
+    return WorkerConfig(**fields)
 
 
 def _reexec(config: WorkerConfig) -> None:
@@ -270,18 +336,21 @@ def _reexec(config: WorkerConfig) -> None:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    env = {**os.environ, _CONFIG_ENV: json.dumps(dataclasses.asdict(config))}
+    env = {**os.environ, _CONFIG_ENV: _to_json(config)}
     # -P: the script's directory (this package's) must not shadow top-level modules of the app
     os.execve(sys.executable, [sys.executable, "-P", str(Path(__file__).resolve())], env)  # noqa: S606 -- our own interpreter, fixed code
 
 
 def main() -> None:
     """Entry point of the re-executed supervisor (see ``supervise``)."""
-    raw: dict[str, Any] = json.loads(os.environ.pop(_CONFIG_ENV))
-    fields: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in raw.items()}
-    config = WorkerConfig(**fields)
+    config = _from_env(_CONFIG_ENV)
     configure_logging(config.log_level)
     sys.exit(supervise(config, reexec=False))
+
+
+def child_main() -> None:
+    """Entry point of a worker process the supervisor spawned (see ``Child``)."""
+    run_child(_from_env(_CHILD_CONFIG_ENV))
 
 
 def _watch(paths: tuple[str, ...], reload: threading.Event, stop: threading.Event) -> None:
@@ -293,5 +362,5 @@ def _watch(paths: tuple[str, ...], reload: threading.Event, stop: threading.Even
         reload.set()
 
 
-if __name__ == "__main__":  # the re-executed supervisor; spawned children load this file as __mp_main__
+if __name__ == "__main__":  # the re-executed supervisor
     main()
