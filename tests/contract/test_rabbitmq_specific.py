@@ -231,3 +231,37 @@ def test_a_queue_declared_with_other_arguments_is_a_configuration_error_and_the_
             delete.call(drop())
         finally:
             delete.close()
+
+
+def fetch_n(broker: Broker, n: int, timeout: float = 10.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += broker.fetch(["default"], n - len(got), 30_000)
+    return got
+
+
+def test_acks_out_of_order_settle_exactly_the_acked_messages(url: str) -> None:
+    # Acks of a run of the lowest delivery tags go out as one frame ("multiple"); a message still
+    # held below or inside that run must not be settled with it.
+    first = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    records = [Record(new_message_id(), "default", f"m{i}".encode()) for i in range(6)]
+    first.publish(records)
+    held = fetch_n(first, 6)
+    assert sorted(d.id for d in held) == sorted(r.id for r in records)
+    kept = [held[2], held[5]]
+    assert first.ack([held[4], held[0], held[3], held[1]]) == []
+    first.close()  # the two kept ones go back to RabbitMQ, unsettled
+    second = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        back = fetch_n(second, 2)
+        assert sorted(d.id for d in back) == sorted(d.id for d in kept)
+        assert second.ack(back) == []
+        extra = Record(new_message_id(), "default", b"after")
+        second.publish([extra])
+        (after,) = fetch_n(second, 1)  # the channel survived the acks: no double ack closed it
+        assert after.id == extra.id
+        assert second.ack([after]) == []
+        assert fetch_n(second, 1, timeout=1.0) == []
+    finally:
+        second.close()

@@ -68,10 +68,13 @@ class RabbitMQBroker(Broker):
         self.channel: Any = None  # publisher confirms; declarations
         self._consumer: Any = None  # deliveries arrive here
         self._generation = 0
-        self._held: dict[str, Any] = {}  # token -> the incoming message, from delivery to settlement
+        self._held: dict[str, tuple[Any, int]] = {}  # token -> (channel, delivery tag), until settled
+        self._unsettled: set[int] = set()  # delivery tags received and not acked (this generation)
+        self._entered: set[int] = set()  # tags received above ``_contiguous``
+        self._contiguous = 0  # every tag up to this one reached ``_received``
         self._buffer: list[tuple[int, int, Delivery]] = []  # received, not yet handed out
         self._arrived = threading.Condition()
-        self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (its aio-pika queue, consumer tag)
+        self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (the consuming aiormq channel, consumer tag)
         self._qos = 0
         self._limit = 1
         self._published = False
@@ -130,6 +133,9 @@ class RabbitMQBroker(Broker):
         self.topology.reset()
         self._consuming.clear()
         self._qos = 0
+        self._unsettled.clear()  # a new channel numbers its deliveries from 1 again
+        self._entered.clear()
+        self._contiguous = 0
         with self._arrived:
             self._held.clear()
             self._buffer.clear()
@@ -185,8 +191,8 @@ class RabbitMQBroker(Broker):
             if self._limit > self._qos:
                 await self._consumer.set_qos(prefetch_count=self._limit, global_=False)
                 self._qos = self._limit
-                for queue, (amqp_queue, consumer_tag) in list(self._consuming.items()):
-                    await amqp_queue.cancel(consumer_tag)
+                for queue, (channel, consumer_tag) in list(self._consuming.items()):
+                    await channel.basic_cancel(consumer_tag)
                     del self._consuming[queue]
         else:  # one channel-wide QoS across the queues: started but unsettled, plus free slots
             want = len(self._held) - len(self._buffer) + self._limit
@@ -197,43 +203,53 @@ class RabbitMQBroker(Broker):
             if queue not in self._consuming:
                 if await self.topology.main(self.channel, queue):
                     await inspect.register(self, queue)
-                amqp_queue = await self._consumer.declare_queue(
-                    self.names.queue(queue), durable=True, arguments=self.topology.main_arguments(queue)
-                )
+                name = self.names.queue(queue)
+                await self._consumer.declare_queue(name, durable=True, arguments=self.topology.main_arguments(queue))
                 generation = self._generation
 
                 async def received(message: Any, queue: str = queue, generation: int = generation) -> None:
                     await self._received(message, queue, generation)
 
-                consumer_tag = await amqp_queue.consume(received, consumer_tag=f"taskmill-{uuid.uuid4().hex}")
-                self._consuming[queue] = (amqp_queue, consumer_tag)
+                # aiormq's own consumer: aio-pika's wrapper costs a task and a message object per delivery
+                channel = await self._consumer.get_underlay_channel()
+                consumer_tag = f"taskmill-{uuid.uuid4().hex}"
+                await channel.basic_consume(name, received, consumer_tag=consumer_tag)
+                self._consuming[queue] = (channel, consumer_tag)
         return before != (self._qos, len(self._consuming))
 
     async def _received(self, message: Any, queue: str, generation: int) -> None:
+        """One delivery (an aiormq ``DeliveredMessage``) from the consuming channel."""
         if generation != self._generation:
             return  # from a channel that is gone; RabbitMQ has it back already
-        headers = dict(message.headers or {})
+        channel, delivery_tag = message.channel, message.delivery_tag
+        self._unsettled.add(delivery_tag)  # before any await: a multiple ack must not pass it
+        self._entered.add(delivery_tag)
+        while self._contiguous + 1 in self._entered:
+            self._contiguous += 1
+            self._entered.discard(self._contiguous)
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
         before = header_int(headers, DELIVERED)
         quorum = self.options.queue_type == "quorum"
         returned = header_int(headers, "x-delivery-count") if quorum else int(bool(message.redelivered))
-        message_id = message.message_id or f"amqp-{generation}-{message.delivery_tag}"
-        record = Record(message_id, queue, message.body, min(max(message.priority or 0, 0), 9))
+        message_id = properties.message_id or f"amqp-{generation}-{delivery_tag}"
+        record = Record(message_id, queue, message.body, min(max(properties.priority or 0, 0), 9))
         if returned:  # its holder died or vanished: count that delivery in the broker before anyone runs it
             lost = before + (returned if quorum else 1)
             if lost >= self.max_deliveries:
                 failure = Failure("delivery_limit", "DeliveryLimit", DELIVERY_LIMIT_TEXT)
                 await self._send_dead(record, lost, failure)
-                await message.ack()
+                await self._ack_one(channel, delivery_tag)
                 self._buried.append(inspect.dead_letter_of(record, lost, failure))
                 return
             if not quorum:
                 await self._send(record, lost)
-                await message.ack()
+                await self._ack_one(channel, delivery_tag)
                 return
-        token = f"{generation}.{message.delivery_tag}"
+        token = f"{generation}.{delivery_tag}"
         delivery = Delivery(message_id, queue, record.body, record.priority, before + returned + 1, token)
         with self._arrived:
-            self._held[token] = message
+            self._held[token] = (channel, delivery_tag)
             self._buffer.append((-delivery.priority, next(self._order), delivery))
             self._arrived.notify_all()
             self._pushed.set()
@@ -298,14 +314,41 @@ class RabbitMQBroker(Broker):
         return self.call(self._ack(deliveries)) if deliveries else []
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        held = [(delivery, self._held.pop(delivery.token, None)) for delivery in deliveries]
-        lost = [delivery for delivery, message in held if message is None]
-        acked = [(delivery, message) for delivery, message in held if message is not None]
-        results = await asyncio.gather(*(message.ack() for _, message in acked), return_exceptions=True)
-        for (delivery, _), result in zip(acked, results, strict=True):
-            if isinstance(result, BaseException):  # the channel is gone: RabbitMQ has the message back
+        """Ack a batch; its lowest run of tags goes as one frame (``multiple``) when every tag up to
+        the run's last reached ``_received`` (a delivery to a cancelled consumer never does) and is
+        settled or in this batch."""
+        lost, held = [], []
+        for delivery in deliveries:
+            entry = self._held.pop(delivery.token, None)
+            if entry is None:
                 lost.append(delivery)
+            else:
+                held.append((entry[1], entry[0], delivery))
+        held.sort(key=lambda entry: entry[0])
+        self._unsettled.difference_update(delivery_tag for delivery_tag, _, _ in held)
+        limit = min(min(self._unsettled, default=self._contiguous + 1) - 1, self._contiguous)
+        run = 0
+        while run < len(held) and held[run][0] <= limit:
+            run += 1
+        if run > 1:  # one frame for the run
+            run_tag, channel, _ = held[run - 1]
+            if not await self._ack_one(channel, run_tag, multiple=True):
+                lost.extend(delivery for _, _, delivery in held[:run])
+            held = held[run:]
+        for delivery_tag, channel, delivery in held:
+            if not await self._ack_one(channel, delivery_tag):
+                lost.append(delivery)  # the channel is gone: RabbitMQ has the message back
         return lost
+
+    async def _ack_one(self, channel: Any, delivery_tag: int, *, multiple: bool = False) -> bool:
+        """Queue an ack frame, not waiting for the write (the queue is unbounded, so this does not
+        suspend and frames go out in call order); False if the channel is gone."""
+        self._unsettled.discard(delivery_tag)
+        try:
+            await channel.basic_ack(delivery_tag, multiple=multiple, wait=False)
+        except self.aio_pika.exceptions.AMQPError:
+            return False
+        return True
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         return [delivery for delivery in deliveries if self._held.get(delivery.token) is None]
@@ -328,8 +371,8 @@ class RabbitMQBroker(Broker):
 
     async def _settle(self, delivery: Delivery, send: Any, delivered: int, delay_ms: int) -> None:
         """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder."""
-        message = self._held.get(delivery.token)
-        if message is None:
+        held = self._held.get(delivery.token)
+        if held is None:
             raise LeaseLost(f"message {delivery.id} was received on a connection that is gone")
         await self.connect()
         record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
@@ -339,7 +382,7 @@ class RabbitMQBroker(Broker):
         self._published = True
         with self._arrived:
             self._held.pop(delivery.token, None)
-        await message.ack()
+        await self._ack_one(*held)
 
     async def _send_dead(self, record: Record, delivered: int, failure: Failure) -> None:
         message = inspect.dead_message(self.aio_pika, record, delivered, failure)
@@ -385,8 +428,8 @@ class RabbitMQBroker(Broker):
         """Cancel the consumers, so nothing more arrives while the buffer is given back."""
         consuming, self._consuming = self._consuming, {}
         if self._consumer is not None and not self._consumer.is_closed:
-            for amqp_queue, consumer_tag in consuming.values():
-                await amqp_queue.cancel(consumer_tag)
+            for channel, consumer_tag in consuming.values():
+                await channel.basic_cancel(consumer_tag)
         await _arrivals()
 
     async def _close(self) -> None:
