@@ -181,7 +181,8 @@ class RabbitMQBroker(Broker):
 
     # -- consuming -----------------------------------------------------------------------------
     async def _consume(self, queues: Sequence[str], limit: int) -> bool:
-        """Consume ``queues`` with a QoS that lets RabbitMQ push at most ``limit`` more; True if that changed."""
+        """Consume ``queues`` with a QoS that lets RabbitMQ push at most ``limit`` more; True if more
+        may now be pushed than before (a consumer started or the QoS grew)."""
         await self.connect()
         before = (self._qos, len(self._consuming))
         self._limit = max(limit, 1)
@@ -215,7 +216,7 @@ class RabbitMQBroker(Broker):
                 consumer_tag = f"taskmill-{uuid.uuid4().hex}"
                 await channel.basic_consume(name, received, consumer_tag=consumer_tag)
                 self._consuming[queue] = (channel, consumer_tag)
-        return before != (self._qos, len(self._consuming))
+        return self._qos > before[0] or len(self._consuming) > before[1]
 
     async def _received(self, message: Any, queue: str, generation: int) -> None:
         """One delivery (an aiormq ``DeliveredMessage``) from the consuming channel."""
@@ -302,7 +303,11 @@ class RabbitMQBroker(Broker):
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        self.call(self._consume(queues, self._limit))
+        if self._connection is None or any(queue not in self._consuming for queue in queues):
+            # only to start consuming: the QoS the last fetch set still holds, since acks since then
+            # free exactly the slots they return (recomputing it from that fetch's limit would count
+            # what it took twice, and make the next fetch set it back, a round trip per message)
+            self.call(self._consume(queues, self._limit))
         with self._arrived:
             self._arrived.wait_for(
                 lambda: any(entry[2].queue in queues for entry in self._buffer) or self._connection is None,
