@@ -64,9 +64,9 @@ def system_table(results: dict[str, Any], table: str) -> list[str]:
     lines = [
         (
             "| system | worker | enqueue/s | bulk enqueue/s | drain/s (no-op) | I/O drain/s (10 ms) "
-            "| latency p50 ms | p95 ms | p99 ms | idle RSS MB | lost / dup |"
+            "| latency p50 ms | p95 ms | p99 ms | idle RSS MB | idle PSS MB | lost / dup |"
         ),
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|",
     ]
     for key in keys:
         runs = results["runs"][key]
@@ -77,7 +77,8 @@ def system_table(results: dict[str, Any], table: str) -> list[str]:
             f"| {key} | {info.get('concurrency', '')} | {seq} | {bulk} "
             f"| {cell(runs.get('drain'), 'value', fmt_rate)} | {cell(runs.get('drain_io'), 'value', fmt_rate)} "
             f"| {cell(lat, 'p50', fmt_ms)} | {cell(lat, 'p95', fmt_ms)} | {cell(lat, 'p99', fmt_ms)} "
-            f"| {cell(lat, 'rss_mb', lambda v: f'{v:.1f}')} | {correctness(runs)} |"
+            f"| {cell(lat, 'rss_mb', lambda v: f'{v:.1f}')} | {cell(lat, 'pss_mb', lambda v: f'{v:.1f}')} "
+            f"| {correctness(runs)} |"
         )
     return lines
 
@@ -128,15 +129,15 @@ def ratio_table(results: dict[str, Any], table: str) -> list[str]:
             "below 1 means taskmill is lower. ✓ marks where taskmill is better."
         ),
         "",
-        "| taskmill / peer | enqueue | bulk enqueue | drain | I/O drain | latency p50 | p99 | idle RSS |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| taskmill / peer | enqueue | bulk enqueue | drain | I/O drain | latency p50 | p99 | idle RSS | idle PSS |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for ours_key in ours_keys:
         ours = runs[ours_key]
         for peer in peers:
             theirs = runs[peer]
             cells = [ratio_cell(_pair(ours, theirs, s, "value"), True) for s in THROUGHPUT]
-            cells += [ratio_cell(_pair(ours, theirs, "latency", f), False) for f in ("p50", "p99", "rss_mb")]
+            cells += [ratio_cell(_pair(ours, theirs, "latency", f), False) for f in ("p50", "p99", "rss_mb", "pss_mb")]
             lines.append(f"| {ours_key} / {peer} | " + " | ".join(cells) + " |")
     return lines
 
@@ -340,7 +341,10 @@ METHOD = """\
   the previous one started; the percentiles are nearest-rank.
 - **idle RSS**: the sum of RSS over the worker's processes (taskmill: the supervisor and its worker
   process; Dramatiq: the main and the worker process; Celery prefork: the main and its children)
-  after one message and 3 s idle; PSS and USS are in the JSON.
+  after one message and 3 s idle. RSS counts a shared page (the interpreter, the C extensions, the
+  libraries) once in every process that maps it, so a supervisor or a second process pays for it
+  again; **idle PSS** divides each shared page among the processes sharing it, which is what the
+  system as a whole costs. USS is in the JSON.
 - **lost / dup**: after every drain and latency run the bench waits 1 s, then lost = N - distinct ids
   that ran and dup = executions - distinct ids, summed over every run of the system. Any non-zero
   count is flagged in the table.
