@@ -23,24 +23,17 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from taskmill.brokers import rabbitmq_client as client
 from taskmill.brokers import rabbitmq_inspect as inspect
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
-from taskmill.brokers.rabbitmq_client import open_connection, quiet_client_repeats
 from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
-from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_route, delay_units, parse_url, tag
+from taskmill.brokers.rabbitmq_publish import send, send_dead
+from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_units, parse_url
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
 
 __all__ = ["RabbitMQBroker"]
 
 T = TypeVar("T")
-
-
-def _aio_pika() -> Any:
-    try:
-        import aio_pika
-    except ImportError:
-        raise ConfigurationError("amqp:// needs the aio-pika package: pip install 'taskmill[amqp]'") from None
-    return aio_pika
 
 
 async def _arrivals() -> None:
@@ -56,8 +49,8 @@ class RabbitMQBroker(Broker):
 
     def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
-        self.aio_pika = _aio_pika()
-        quiet_client_repeats()  # the worker logs BrokerUnavailable instead, once per outage
+        self.aio_pika = client.import_aio_pika()
+        client.quiet_client_repeats()  # the worker logs BrokerUnavailable instead, once per outage
         self.options = parse_url(url)
         self.names = Names(self.options.prefix)
         self.topology = Topology(self.names, self.options.queue_type)
@@ -69,9 +62,7 @@ class RabbitMQBroker(Broker):
         self._consumer: Any = None  # deliveries arrive here
         self._generation = 0
         self._held: dict[str, tuple[Any, int]] = {}  # token -> (channel, delivery tag), until settled
-        self._unsettled: set[int] = set()  # delivery tags received and not acked (this generation)
-        self._entered: set[int] = set()  # tags received above ``_contiguous``
-        self._contiguous = 0  # every tag up to this one reached ``_received``
+        self._tags = client.DeliveryTags()  # of the consuming channel, for multiple acks
         self._buffer: list[tuple[int, int, Delivery]] = []  # received, not yet handed out
         self._arrived = threading.Condition()
         self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (the consuming aiormq channel, consumer tag)
@@ -112,9 +103,10 @@ class RabbitMQBroker(Broker):
         async with self._connect_lock:
             if self._connection is not None and not self._connection.is_closed:
                 if self.channel.is_closed:  # a refused declaration closes only the publishing channel
-                    self.channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                    options = {"publisher_confirms": True, "on_return_raises": True}
+                    self.channel = await client.open_channel(self._connection, **options)
                 return
-            opened = await open_connection(self.aio_pika, self.options.amqp_url, self.options.timeout)
+            opened = await client.open_connection(self.aio_pika, self.options.amqp_url, self.options.timeout)
             connection, self.channel, self._consumer = opened
             self._forget()
             connection.close_callbacks.add(self._closed)
@@ -133,9 +125,7 @@ class RabbitMQBroker(Broker):
         self.topology.reset()
         self._consuming.clear()
         self._qos = 0
-        self._unsettled.clear()  # a new channel numbers its deliveries from 1 again
-        self._entered.clear()
-        self._contiguous = 0
+        self._tags.reset()
         with self._arrived:
             self._held.clear()
             self._buffer.clear()
@@ -157,27 +147,8 @@ class RabbitMQBroker(Broker):
                 await inspect.register(self, record.queue)
             if record.delay_ms > 0:
                 await self.topology.delays(self.channel, record.queue)
-        await asyncio.gather(*(self._send(record, delivered) for record, delivered in copies))
+        await asyncio.gather(*(send(self, record, delivered) for record, delivered in copies))
         self._published = True  # the next fetch looks for them even if it already has something
-
-    async def _send(self, record: Record, delivered: int, headers: dict[str, Any] | None = None) -> None:
-        message = self.aio_pika.Message(
-            record.body,
-            message_id=record.id,
-            priority=record.priority,
-            delivery_mode=self.aio_pika.DeliveryMode.PERSISTENT,
-            headers={DELIVERED: delivered, **(headers or {})},
-            timestamp=time.time(),
-        )
-        units = delay_units(record.delay_ms) if record.delay_ms > 0 else 0
-        if units:
-            level, key = delay_route(units, record.queue)
-            exchange = await self.channel.get_exchange(self.names.level_exchange(level), ensure=False)
-            await exchange.publish(message, key, timeout=self.options.timeout)
-        else:
-            await self.channel.default_exchange.publish(
-                message, self.names.queue(record.queue), timeout=self.options.timeout
-            )
 
     # -- consuming -----------------------------------------------------------------------------
     async def _consume(self, queues: Sequence[str], limit: int) -> bool:
@@ -223,11 +194,7 @@ class RabbitMQBroker(Broker):
         if generation != self._generation:
             return  # from a channel that is gone; RabbitMQ has it back already
         channel, delivery_tag = message.channel, message.delivery_tag
-        self._unsettled.add(delivery_tag)  # before any await: a multiple ack must not pass it
-        self._entered.add(delivery_tag)
-        while self._contiguous + 1 in self._entered:
-            self._contiguous += 1
-            self._entered.discard(self._contiguous)
+        self._tags.arrived(delivery_tag)  # before any await: a multiple ack must not pass it
         properties = message.header.properties
         headers = dict(properties.headers or {})
         before = header_int(headers, DELIVERED)
@@ -239,12 +206,12 @@ class RabbitMQBroker(Broker):
             lost = before + (returned if quorum else 1)
             if lost >= self.max_deliveries:
                 failure = Failure("delivery_limit", "DeliveryLimit", DELIVERY_LIMIT_TEXT)
-                await self._send_dead(record, lost, failure)
+                await send_dead(self, record, lost, failure)
                 await self._ack_one(channel, delivery_tag)
                 self._buried.append(inspect.dead_letter_of(record, lost, failure))
                 return
             if not quorum:
-                await self._send(record, lost)
+                await send(self, record, lost)
                 await self._ack_one(channel, delivery_tag)
                 return
         token = f"{generation}.{delivery_tag}"
@@ -304,9 +271,8 @@ class RabbitMQBroker(Broker):
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         if self._connection is None or any(queue not in self._consuming for queue in queues):
-            # only to start consuming: the QoS the last fetch set still holds, since acks since then
-            # free exactly the slots they return (recomputing it from that fetch's limit would count
-            # what it took twice, and make the next fetch set it back, a round trip per message)
+            # only to start consuming: the QoS the last fetch set holds (acks free the slots they
+            # return); redone from that fetch's limit, it counted what the fetch took twice
             self.call(self._consume(queues, self._limit))
         with self._arrived:
             self._arrived.wait_for(
@@ -319,9 +285,7 @@ class RabbitMQBroker(Broker):
         return self.call(self._ack(deliveries)) if deliveries else []
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """Ack a batch; its lowest run of tags goes as one frame (``multiple``) when every tag up to
-        the run's last reached ``_received`` (a delivery to a cancelled consumer never does) and is
-        settled or in this batch."""
+        """Ack a batch; the run of its lowest tags that ``DeliveryTags`` allows goes as one frame."""
         lost, held = [], []
         for delivery in deliveries:
             entry = self._held.pop(delivery.token, None)
@@ -330,12 +294,10 @@ class RabbitMQBroker(Broker):
             else:
                 held.append((entry[1], entry[0], delivery))
         held.sort(key=lambda entry: entry[0])
-        self._unsettled.difference_update(delivery_tag for delivery_tag, _, _ in held)
-        limit = min(min(self._unsettled, default=self._contiguous + 1) - 1, self._contiguous)
-        run = 0
-        while run < len(held) and held[run][0] <= limit:
-            run += 1
+        run = self._tags.run([delivery_tag for delivery_tag, _, _ in held])
         if run > 1:  # one frame for the run
+            for delivery_tag, _, _ in held[:run]:
+                self._tags.settled(delivery_tag)
             run_tag, channel, _ = held[run - 1]
             if not await self._ack_one(channel, run_tag, multiple=True):
                 lost.extend(delivery for _, _, delivery in held[:run])
@@ -348,7 +310,7 @@ class RabbitMQBroker(Broker):
     async def _ack_one(self, channel: Any, delivery_tag: int, *, multiple: bool = False) -> bool:
         """Queue an ack frame, not waiting for the write (the queue is unbounded, so this does not
         suspend and frames go out in call order); False if the channel is gone."""
-        self._unsettled.discard(delivery_tag)
+        self._tags.settled(delivery_tag)
         try:
             await channel.basic_ack(delivery_tag, multiple=multiple, wait=False)
         except self.aio_pika.exceptions.AMQPError:
@@ -360,7 +322,7 @@ class RabbitMQBroker(Broker):
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
         delay_units(delay_ms)
-        self.call(self._settle(delivery, self._send, delivery.deliveries, max(delay_ms, 0)))
+        self.call(self._settle(delivery, functools.partial(send, self), delivery.deliveries, max(delay_ms, 0)))
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -369,10 +331,10 @@ class RabbitMQBroker(Broker):
     async def _release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             with contextlib.suppress(LeaseLost):
-                await self._settle(delivery, self._send, delivery.deliveries - 1, 0)
+                await self._settle(delivery, functools.partial(send, self), delivery.deliveries - 1, 0)
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
-        self.call(self._settle(delivery, functools.partial(self._send_dead, failure=failure), delivery.deliveries, 0))
+        self.call(self._settle(delivery, functools.partial(send_dead, self, failure=failure), delivery.deliveries, 0))
 
     async def _settle(self, delivery: Delivery, send: Any, delivered: int, delay_ms: int) -> None:
         """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder."""
@@ -388,12 +350,6 @@ class RabbitMQBroker(Broker):
         with self._arrived:
             self._held.pop(delivery.token, None)
         await self._ack_one(*held)
-
-    async def _send_dead(self, record: Record, delivered: int, failure: Failure) -> None:
-        message = inspect.dead_message(self.aio_pika, record, delivered, failure)
-        await self.topology.main(self.channel, record.queue)
-        exchange = await self.channel.get_exchange(self.names.dead_exchange, ensure=False)
-        await exchange.publish(message, tag(record.queue), timeout=self.options.timeout)
 
     # -- inspecting and operating --------------------------------------------------------------
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:

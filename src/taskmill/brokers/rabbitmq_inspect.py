@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskmill.brokers.base import DeadLetter, Failure, QueueStats, Record
+from taskmill.brokers.rabbitmq_client import open_channel
 from taskmill.brokers.rabbitmq_topology import LEVELS
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def dead_letter_of(record: Record, deliveries: int, failure: Failure) -> DeadLet
 async def _side_channel(broker: RabbitMQBroker) -> AsyncIterator[Any]:
     """A channel of its own; closing it puts back whatever it took and did not ack."""
     await broker.connect()
-    channel = await broker._connection.channel(publisher_confirms=False)
+    channel = await open_channel(broker._connection, publisher_confirms=False)
     try:
         yield channel
     finally:
