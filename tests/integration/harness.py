@@ -145,7 +145,9 @@ def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
 class WorkerProcess:
     """``python -m taskmill ...`` as a subprocess, its output in a file."""
 
-    def __init__(self, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: Path) -> None:
+    def __init__(
+        self, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output: Path, pass_fds: Sequence[int] = ()
+    ) -> None:
         self.marker = uuid.uuid4().hex
         self.output_path = output
         self._output = output.open("ab")
@@ -157,6 +159,7 @@ class WorkerProcess:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
 
     @property
@@ -225,10 +228,12 @@ class Workers:
         }
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str, env: Mapping[str, str] | None = None) -> WorkerProcess:
+    def start(self, *args: str, env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()) -> WorkerProcess:
         """Run ``python -m taskmill *args`` with cwd tmp_path; extra ``env`` overrides."""
         output = self.tmp_path / f"worker-{len(self.started)}.log"
-        process = WorkerProcess(args, env={**self.env, **(env or {})}, cwd=self.tmp_path, output=output)
+        process = WorkerProcess(
+            args, env={**self.env, **(env or {})}, cwd=self.tmp_path, output=output, pass_fds=pass_fds
+        )
         self.started.append(process)
         return process
 
@@ -239,10 +244,12 @@ class Workers:
         threads: int = 1,
         log_level: str = "INFO",
         env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> WorkerProcess:
         """``taskmill --log-level L worker ledger_app --processes P --threads T *options``."""
         counts = ("--processes", str(processes), "--threads", str(threads))
-        return self.start("--log-level", log_level, "worker", "ledger_app", *counts, *options, env=env)
+        args = ("--log-level", log_level, "worker", "ledger_app", *counts, *options)
+        return self.start(*args, env=env, pass_fds=pass_fds)
 
     def run(
         self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60

@@ -1,8 +1,13 @@
-"""Which acks may go as one ``multiple`` frame: never past a delivery still held or never seen."""
+"""Which acks may go as one ``multiple`` frame: never past a delivery still held or never seen;
+and a channel refused by a dropped connection is a connection error."""
 
 from __future__ import annotations
 
-from taskmill.brokers.rabbitmq_client import DeliveryTags
+import asyncio
+
+import pytest
+
+from taskmill.brokers.rabbitmq_client import DeliveryTags, open_channel
 
 
 def tags_after(arrived: list[int], settled: tuple[int, ...] = ()) -> DeliveryTags:
@@ -45,3 +50,28 @@ def test_a_new_channel_starts_over() -> None:
     tags.arrived(1)
     assert tags.run([1]) == 1
     assert tags.run([2]) == 0  # not arrived on the new channel
+
+
+def test_a_gap_that_never_fills_turns_multiple_acks_off_until_the_next_channel() -> None:
+    tags = DeliveryTags()
+    for tag in range(2, 10_003):  # tag 1 never arrives
+        tags.arrived(tag)
+    assert tags.run([2, 3]) == 0
+    tags.reset()
+    tags.arrived(1)
+    tags.arrived(2)
+    assert tags.run([1, 2]) == 2
+
+
+class DroppedConnection:
+    """A connection the server dropped: aio-pika has not marked it closed, aiormq refuses channels."""
+
+    is_closed = False
+
+    async def channel(self, **options: object) -> object:
+        raise RuntimeError('<Connection: "amqp://guest:******@127.0.0.1:5672/"> closed')
+
+
+def test_a_channel_refused_by_a_dropped_connection_is_a_connection_error() -> None:
+    with pytest.raises(ConnectionError, match="closed"):
+        asyncio.run(open_channel(DroppedConnection(), publisher_confirms=True))

@@ -62,7 +62,7 @@ class RabbitMQBroker(Broker):
         self._consumer: Any = None  # deliveries arrive here
         self._generation = 0
         self._held: dict[str, tuple[Any, int]] = {}  # token -> (channel, delivery tag), until settled
-        self._tags = client.DeliveryTags()  # of the consuming channel, for multiple acks
+        self._acks = client.Acker(self.aio_pika)  # on the consuming channel
         self._buffer: list[tuple[int, int, Delivery]] = []  # received, not yet handed out
         self._arrived = threading.Condition()
         self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (the consuming aiormq channel, consumer tag)
@@ -71,6 +71,7 @@ class RabbitMQBroker(Broker):
         self._published = False
         self._order = itertools.count()
         self._connect_lock: asyncio.Lock | None = None
+        self._settling: set[str] = set()  # tokens a retry, release or dead-letter is replacing
         self._pushed = asyncio.Event()  # set on the loop as each delivery reaches the buffer
 
     @property
@@ -125,7 +126,7 @@ class RabbitMQBroker(Broker):
         self.topology.reset()
         self._consuming.clear()
         self._qos = 0
-        self._tags.reset()
+        self._acks.reset(self._generation)
         with self._arrived:
             self._held.clear()
             self._buffer.clear()
@@ -194,7 +195,7 @@ class RabbitMQBroker(Broker):
         if generation != self._generation:
             return  # from a channel that is gone; RabbitMQ has it back already
         channel, delivery_tag = message.channel, message.delivery_tag
-        self._tags.arrived(delivery_tag)  # before any await: a multiple ack must not pass it
+        self._acks.tags.arrived(delivery_tag)  # before any await: a multiple ack must not pass it
         properties = message.header.properties
         headers = dict(properties.headers or {})
         before = header_int(headers, DELIVERED)
@@ -207,12 +208,12 @@ class RabbitMQBroker(Broker):
             if lost >= self.max_deliveries:
                 failure = Failure("delivery_limit", "DeliveryLimit", DELIVERY_LIMIT_TEXT)
                 await send_dead(self, record, lost, failure)
-                await self._ack_one(channel, delivery_tag)
+                await self._acks.single(channel, delivery_tag, generation)
                 self._buried.append(inspect.dead_letter_of(record, lost, failure))
                 return
             if not quorum:
                 await send(self, record, lost)
-                await self._ack_one(channel, delivery_tag)
+                await self._acks.single(channel, delivery_tag, generation)
                 return
         token = f"{generation}.{delivery_tag}"
         delivery = Delivery(message_id, queue, record.body, record.priority, before + returned + 1, token)
@@ -285,40 +286,12 @@ class RabbitMQBroker(Broker):
         return self.call(self._ack(deliveries)) if deliveries else []
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """Ack a batch; the run of its lowest tags that ``DeliveryTags`` allows goes as one frame."""
-        lost, held = [], []
-        for delivery in deliveries:
-            entry = self._held.pop(delivery.token, None)
-            if entry is None:
-                lost.append(delivery)
-            else:
-                held.append((entry[1], entry[0], delivery))
-        held.sort(key=lambda entry: entry[0])
-        run = self._tags.run([delivery_tag for delivery_tag, _, _ in held])
-        if run > 1:  # one frame for the run
-            for delivery_tag, _, _ in held[:run]:
-                self._tags.settled(delivery_tag)
-            run_tag, channel, _ = held[run - 1]
-            if not await self._ack_one(channel, run_tag, multiple=True):
-                lost.extend(delivery for _, _, delivery in held[:run])
-            held = held[run:]
-        for delivery_tag, channel, delivery in held:
-            if not await self._ack_one(channel, delivery_tag):
-                lost.append(delivery)  # the channel is gone: RabbitMQ has the message back
-        return lost
-
-    async def _ack_one(self, channel: Any, delivery_tag: int, *, multiple: bool = False) -> bool:
-        """Queue an ack frame, not waiting for the write (the queue is unbounded, so this does not
-        suspend and frames go out in call order); False if the channel is gone."""
-        self._tags.settled(delivery_tag)
-        try:
-            await channel.basic_ack(delivery_tag, multiple=multiple, wait=False)
-        except self.aio_pika.exceptions.AMQPError:
-            return False
-        return True
+        held = [(delivery, self._held.pop(delivery.token, None)) for delivery in deliveries]
+        lost = [delivery for delivery, entry in held if entry is None]
+        return lost + await self._acks.ack([(e[1], e[0], d) for d, e in held if e is not None], self._generation)
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
-        return [delivery for delivery in deliveries if self._held.get(delivery.token) is None]
+        return [d for d in deliveries if self._held.get(d.token) is None and d.token not in self._settling]
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
         delay_units(delay_ms)
@@ -337,19 +310,29 @@ class RabbitMQBroker(Broker):
         self.call(self._settle(delivery, functools.partial(send_dead, self, failure=failure), delivery.deliveries, 0))
 
     async def _settle(self, delivery: Delivery, send: Any, delivered: int, delay_ms: int) -> None:
-        """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder."""
-        held = self._held.get(delivery.token)
+        """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder.
+        The delivery is claimed first, so a concurrent ack or settle of it cannot ack it twice."""
+        with self._arrived:
+            held = self._held.pop(delivery.token, None)
         if held is None:
             raise LeaseLost(f"message {delivery.id} was received on a connection that is gone")
-        await self.connect()
-        record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
-        if delay_ms > 0:
-            await self.topology.delays(self.channel, delivery.queue)
-        await send(record, delivered)
+        generation = int(delivery.token.partition(".")[0])
+        self._settling.add(delivery.token)
+        try:
+            await self.connect()
+            record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
+            if delay_ms > 0:
+                await self.topology.delays(self.channel, delivery.queue)
+            await send(record, delivered)
+        except BaseException:
+            if generation == self._generation:  # still held: the caller may try again
+                with self._arrived:
+                    self._held[delivery.token] = held
+            raise
+        finally:
+            self._settling.discard(delivery.token)
         self._published = True
-        with self._arrived:
-            self._held.pop(delivery.token, None)
-        await self._ack_one(*held)
+        await self._acks.single(*held, generation)
 
     # -- inspecting and operating --------------------------------------------------------------
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
@@ -394,6 +377,9 @@ class RabbitMQBroker(Broker):
         await _arrivals()
 
     async def _close(self) -> None:
+        if self._consumer is not None and not self._consumer.is_closed:
+            with contextlib.suppress(Exception):  # its Close waits behind the ack frames still queued
+                await self._consumer.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close_callbacks.discard(self._closed)

@@ -9,7 +9,8 @@
   failed connect that is the caller's thread (the exception's traceback holds it), where there is
   no event loop, so the ``close()`` coroutine is never awaited (a RuntimeWarning per failed
   connect, and an unclosed socket when a channel failed to open).
-- ``DeliveryTags`` keeps the consuming channel's delivery tags, to ack a run of them in one frame.
+- ``DeliveryTags`` keeps the consuming channel's delivery tags, to ack a run of them in one frame;
+  ``Acker`` sends the acks, in the order they were decided.
 - ``quiet_client_repeats`` leaves out the lines aiormq logs for each failed connect (an ERROR per
   attempt) and each dropped connection (an ERROR, then a WARNING with a chained traceback of ~20
   lines). The broker raises ``BrokerUnavailable`` for both, carrying the same reason, and the
@@ -20,13 +21,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from taskmill.errors import ConfigurationError
 
-__all__ = ["DeliveryTags", "import_aio_pika", "open_channel", "open_connection", "quiet_client_repeats"]
+__all__ = ["Acker", "DeliveryTags", "import_aio_pika", "open_channel", "open_connection", "quiet_client_repeats"]
+
+T = TypeVar("T")
+_MAX_GAP = 10_000  # tags seen past one that never came: stop waiting for it, ack one by one
 
 _REPEATS = (
     "error when creating transport",
@@ -62,8 +68,8 @@ async def open_channel(connection: Any, **options: Any) -> Any:
     """A channel on ``connection``; ConnectionError if the connection closed while it opened."""
     try:
         return await connection.channel(**options)
-    except RuntimeError as exc:
-        if connection.is_closed:
+    except RuntimeError as exc:  # aiormq's "<Connection ...> closed", aio-pika's "... closed channel"
+        if connection.is_closed or "closed" in str(exc):  # is_closed stays False when the server dropped it
             raise ConnectionError(f"the connection closed while a channel opened ({exc})") from exc
         raise
 
@@ -88,10 +94,15 @@ class DeliveryTags:
     def arrived(self, tag: int) -> None:
         """A delivery reached us (call before any await, so no ack passes it)."""
         self._unsettled.add(tag)
+        if self._contiguous < 0:
+            return  # gave up on this channel (see below)
         self._above.add(tag)
         while self._contiguous + 1 in self._above:
             self._contiguous += 1
             self._above.discard(self._contiguous)
+        if len(self._above) > _MAX_GAP:  # a tag never came: no multiple acks until the next channel
+            self._above.clear()
+            self._contiguous = -1
 
     def settled(self, tag: int) -> None:
         """Its ack is on its way."""
@@ -105,6 +116,54 @@ class DeliveryTags:
         while count < len(tags) and tags[count] <= limit:
             count += 1
         return count
+
+
+class Acker:
+    """Acks on the consuming channel. One lock orders them: the client's write queue is bounded,
+    so queueing a frame may suspend, and a multiple ack decided later must not overtake a frame
+    decided before it (a tag acked twice closes the channel). Frames are queued, not awaited."""
+
+    def __init__(self, aio_pika: Any) -> None:
+        self.tags = DeliveryTags()
+        self.generation = 0
+        self._errors = (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+        self._lock: asyncio.Lock | None = None
+
+    def reset(self, generation: int) -> None:
+        """A new consuming channel (of the broker's ``generation``)."""
+        self.tags.reset()
+        self.generation = generation
+
+    def _locked(self) -> asyncio.Lock:
+        if self._lock is None:  # made on the loop that uses it
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def ack(self, held: Sequence[tuple[int, Any, T]], generation: int) -> list[T]:
+        """Ack (delivery tag, channel, item) entries; the items whose channel is gone."""
+        lost: list[T] = []
+        async with self._locked():
+            ordered = sorted(held, key=lambda entry: entry[0])
+            run = max(self.tags.run([tag for tag, _, _ in ordered]), 1)
+            for group in [ordered[:run], *([entry] for entry in ordered[run:])]:
+                if group and not await self._send(group[-1][1], [tag for tag, _, _ in group], generation):
+                    lost.extend(item for _, _, item in group)  # RabbitMQ has them back
+        return lost
+
+    async def single(self, channel: Any, tag: int, generation: int) -> bool:
+        """Ack one delivery; False if its channel is gone."""
+        async with self._locked():
+            return await self._send(channel, [tag], generation)
+
+    async def _send(self, channel: Any, tags: list[int], generation: int) -> bool:
+        try:
+            await channel.basic_ack(tags[-1], multiple=len(tags) > 1, wait=False)
+        except self._errors:
+            return False
+        if generation == self.generation:  # a new channel numbers from 1 again: leave its tags alone
+            for tag in tags:
+                self.tags.settled(tag)
+        return True
 
 
 def _not_a_repeat(record: logging.LogRecord) -> bool:

@@ -89,8 +89,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     A worker logs a line per message. Formatting and writing each one while holding the handler's
     lock made eight busy threads queue behind each other and cost a third of the drain rate, so an
-    INFO record is only queued here, without the lock (its message text is made at once, so later
-    changes to its arguments do not show), and the flush thread formats and writes the batch.
+    INFO record is only queued here, without the lock (a copy, with its message text made at once,
+    so later changes to its arguments do not show), and the flush thread formats and writes the batch.
     """
 
     def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
@@ -103,14 +103,20 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def handle(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return bool(super().handle(record))  # locked: emit() writes the queue, then this record
-        if not self.filter(record):
+        kept: object = self.filter(record)  # a bool, or since 3.12 maybe a record
+        if not kept:
             return False
+        if isinstance(kept, logging.LogRecord):  # a filter handed back another record
+            record = kept
         try:
-            record.msg, record.args = record.getMessage(), None
+            message = record.getMessage()
         except Exception:  # noqa: BLE001 -- logging must never raise into the caller
             self.handleError(record)
             return False
-        self._pending.append(record)
+        queued = logging.LogRecord.__new__(logging.LogRecord)  # a copy: other handlers see the record as it was
+        queued.__dict__.update(record.__dict__)
+        queued.msg, queued.args = message, None
+        self._pending.append(queued)
         if not self._waiting.is_set():
             self._waiting.set()
         return True
@@ -199,12 +205,10 @@ class Child:
             "from taskmill.worker.supervisor import child_main; child_main()"
         )
         env = {**os.environ, _CHILD_CONFIG_ENV: _to_json(config)}
+        stdin: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        closed = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]  # only 0-2 pass, as with multiprocessing
         self.pid = os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-P", "-c", code, self.MARK],
-            env,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
-            setpgroup=0,
+            sys.executable, [sys.executable, "-P", "-c", code, self.MARK], env, file_actions=stdin + closed, setpgroup=0
         )
         self.exitcode: int | None = None
 
@@ -221,6 +225,22 @@ class Child:
             self.exitcode = os.waitstatus_to_exitcode(status)
 
 
+def _inherited_fds() -> list[int]:
+    """File descriptors above 2 that a spawned child would inherit (passed to this process, say)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        found = []
+        for fd in map(int, names):
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                if fd > 2 and os.get_inheritable(fd):
+                    found.append(fd)
+        return found
+    return []
+
+
 class Supervisor:
     """Keeps ``config.processes`` children alive until asked to stop."""
 
@@ -231,6 +251,7 @@ class Supervisor:
         self.reload = threading.Event()
         self.retiring: set[int] = set()  # pids a reload has asked to stop
         self._restarts: list[float] = []
+        self._forwarded = 0  # signals passed on to the children so far
 
     def _spawn(self, slot: int) -> None:
         self.children[slot] = Child(self.config)
@@ -242,12 +263,17 @@ class Supervisor:
                     os.kill(child.pid, signum)
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """First signal: graceful stop; second: hard stop."""
+        """First signal: graceful stop; second: hard stop. Only counted here: the main loop passes
+        them on (reaping children from inside a signal handler could race the loop's own waitpid)."""
         self.signals += 1
-        if self.signals == 1:  # children a reload already asked to stop must not count this as a second signal
-            self._signal_children(signal.SIGTERM, skip=self.retiring)
-        else:
-            self._signal_children(signal.SIGUSR1)
+
+    def _forward(self) -> None:
+        if self.signals > self._forwarded:
+            if self._forwarded == 0:  # children a reload already asked to stop must not count it twice
+                self._signal_children(signal.SIGTERM, skip=self.retiring)
+            if self.signals >= 2:
+                self._signal_children(signal.SIGUSR1)
+            self._forwarded = self.signals
 
     def run(self) -> int:
         """Spawn, watch and restart children until stopped; returns the exit code."""
@@ -255,14 +281,16 @@ class Supervisor:
             self._spawn(slot)
         done = [False] * self.config.processes
         while True:
+            self._forward()
             if self.reload.is_set() and not self.signals:
                 self.reload.clear()
                 log.info("code changed: restarting workers")
                 self.retiring = {c.pid for c in self.children if c is not None}
                 self._signal_children(signal.SIGTERM)
                 for child in self.children:
-                    if child is not None:
-                        child.join()
+                    while child is not None and child.is_alive():
+                        self._forward()
+                        time.sleep(0.05)
                 self.retiring = set()
                 if not self.signals:  # a stop asked for during the reload wins over the reload
                     for slot in range(self.config.processes):
