@@ -377,10 +377,11 @@ class RabbitMQBroker(Broker):
         await _arrivals()
 
     async def _close(self) -> None:
-        if self._consumer is not None and not self._consumer.is_closed:
-            with contextlib.suppress(Exception):  # its Close waits behind the ack frames still queued
-                await self._consumer.close()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close_callbacks.discard(self._closed)
+            self._consumer.close_callbacks.discard(self._closed)
+            if not self._consumer.is_closed:
+                with contextlib.suppress(Exception):  # its Close waits behind the ack frames still queued
+                    await self._consumer.close()
             await connection.close()
