@@ -223,7 +223,8 @@ second `bench/run.sh` waits for the first to end.
 A system whose server is not reachable, or whose module does not import, is skipped and listed
 with the reason. `--only taskmill,huey` runs a subset (`--only taskmill-rabbitmq,dramatiq-rabbitmq`,
 `--only taskmill-postgres,procrastinate`; keys in `bench/systems/__init__.py`);
-`bench/.venv/bin/python bench/profile_worker.py taskmill` profiles a worker while it drains.
+`bench/.venv/bin/python bench/profile_worker.py taskmill` profiles a worker while it drains;
+`bench/.venv/bin/python bench/inprocess.py drain|latency` runs one in-process, for A/B work on the hot path.
 
 ## This run
 
