@@ -295,7 +295,7 @@ class RabbitMQBroker(Broker):
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
         delay_units(delay_ms)
-        self.call(self._settle(delivery, functools.partial(send, self), delivery.deliveries, max(delay_ms, 0)))
+        self.call(self._settle(delivery, send, delivery.deliveries, max(delay_ms, 0)))
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
@@ -304,12 +304,12 @@ class RabbitMQBroker(Broker):
     async def _release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             with contextlib.suppress(LeaseLost):
-                await self._settle(delivery, functools.partial(send, self), delivery.deliveries - 1, 0)
+                await self._settle(delivery, send, delivery.deliveries - 1, 0)
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
-        self.call(self._settle(delivery, functools.partial(send_dead, self, failure=failure), delivery.deliveries, 0))
+        self.call(self._settle(delivery, functools.partial(send_dead, failure=failure), delivery.deliveries, 0))
 
-    async def _settle(self, delivery: Delivery, send: Any, delivered: int, delay_ms: int) -> None:
+    async def _settle(self, delivery: Delivery, publish: Any, delivered: int, delay_ms: int) -> None:
         """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder.
         The delivery is claimed first, so a concurrent ack or settle of it cannot ack it twice."""
         with self._arrived:
@@ -323,7 +323,7 @@ class RabbitMQBroker(Broker):
             record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
             if delay_ms > 0:
                 await self.topology.delays(self.channel, delivery.queue)
-            await send(record, delivered)
+            await publish(self, record, delivered)
         except BaseException:
             if generation == self._generation:  # still held: the caller may try again
                 with self._arrived:
