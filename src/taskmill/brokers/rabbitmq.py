@@ -36,12 +36,6 @@ __all__ = ["RabbitMQBroker"]
 T = TypeVar("T")
 
 
-async def _arrivals() -> None:
-    """Let deliveries already read off the socket reach the buffer: each is a task, a few hops away."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
 class RabbitMQBroker(Broker):
     """Durable queues on one RabbitMQ connection: a confirming publish channel and a consuming one."""
 
@@ -232,7 +226,19 @@ class RabbitMQBroker(Broker):
             return [delivery for _, _, delivery in taken]
 
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
-        return self.call(self._fetch(queues, limit))
+        return self._take_here(queues, limit) or self.call(self._fetch(queues, limit))
+
+    def _take_here(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Take from the buffer on the caller's thread when a fetch would make no round trip: every
+        queue consumed, none of our own publishes to look for, and the QoS already right."""
+        with self._arrived:
+            if self._published or self._connection is None or any(q not in self._consuming for q in queues):
+                return []
+            if self.options.queue_type == "quorum":
+                settled = self._qos >= max(limit, 1)  # a per-consumer QoS that only grows
+            else:
+                settled = self._qos == len(self._held) - len(self._buffer) + max(limit, 1)
+            return self._take(queues, limit) if settled else []
 
     async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         look = await self._consume(queues, limit) or self._published  # just started, or our own messages
@@ -252,7 +258,7 @@ class RabbitMQBroker(Broker):
         for queue in queues:
             declared = await self._consumer.declare_queue(self.names.queue(queue), passive=True)
             waiting += declared.declaration_result.message_count
-        await _arrivals()
+        await client.arrivals()
         taken += self._take(queues, limit - len(taken))
         expect = min(limit, len(taken) + waiting) if look else min(1, waiting)  # quorum queues push late
         deadline = time.monotonic() + 0.05
@@ -264,6 +270,9 @@ class RabbitMQBroker(Broker):
     def ack_and_fetch(
         self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
     ) -> tuple[list[Delivery], list[Delivery]]:
+        if not acks and (taken := self._take_here(queues, limit)):
+            return [], taken  # the idle path: a delivery just arrived, no hop onto the loop
+
         async def both() -> tuple[list[Delivery], list[Delivery]]:
             return await self._ack(acks), await self._fetch(queues, limit)
 
@@ -374,7 +383,7 @@ class RabbitMQBroker(Broker):
         if self._consumer is not None and not self._consumer.is_closed:
             for channel, consumer_tag in consuming.values():
                 await channel.basic_cancel(consumer_tag)
-        await _arrivals()
+        await client.arrivals()
 
     async def _close(self) -> None:
         connection, self._connection = self._connection, None

@@ -9,6 +9,7 @@
   failed connect that is the caller's thread (the exception's traceback holds it), where there is
   no event loop, so the ``close()`` coroutine is never awaited (a RuntimeWarning per failed
   connect, and an unclosed socket when a channel failed to open).
+- ``arrivals`` lets deliveries already read off the socket reach the broker.
 - ``DeliveryTags`` keeps the consuming channel's delivery tags, to ack a run of them in one frame;
   ``Acker`` sends the acks, in the order they were decided.
 - ``quiet_client_repeats`` leaves out the lines aiormq logs for each failed connect (an ERROR per
@@ -29,7 +30,15 @@ from typing import Any, TypeVar
 
 from taskmill.errors import ConfigurationError
 
-__all__ = ["Acker", "DeliveryTags", "import_aio_pika", "open_channel", "open_connection", "quiet_client_repeats"]
+__all__ = [
+    "Acker",
+    "DeliveryTags",
+    "arrivals",
+    "import_aio_pika",
+    "open_channel",
+    "open_connection",
+    "quiet_client_repeats",
+]
 
 T = TypeVar("T")
 _MAX_GAP = 10_000  # tags seen past one that never came: stop waiting for it, ack one by one
@@ -39,6 +48,12 @@ _REPEATS = (
     "Cancelling cause reader exited abnormally",
     "Unexpected connection close from remote",
 )
+
+
+async def arrivals() -> None:
+    """Let deliveries already read off the socket reach the broker: each is a task, a few hops away."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 def import_aio_pika() -> Any:
