@@ -87,10 +87,10 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes INFO and below in batches, at most ``delay`` s late; WARNING and
     above (and every line queued before them) at once.
 
-    A worker logs a line per message. Formatting and writing each one while holding the handler's
-    lock made eight busy threads queue behind each other and cost a third of the drain rate, so an
-    INFO record is only queued here, without the lock (a copy, with its message text made at once,
-    so later changes to its arguments do not show), and the flush thread formats and writes the batch.
+    A worker logs a line per message. So that busy threads do not queue behind each other for the
+    handler's lock, an INFO record is only queued here, without the lock (a copy, with its message
+    text made at once, so later changes to its arguments do not show), and the flush thread formats
+    and writes the batch.
     """
 
     def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
@@ -219,11 +219,6 @@ class Child:
                 self.exitcode = os.waitstatus_to_exitcode(status)  # -N when killed by signal N
         return self.exitcode is None
 
-    def join(self) -> None:
-        if self.exitcode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.exitcode = os.waitstatus_to_exitcode(status)
-
 
 def _inherited_fds() -> list[int]:
     """File descriptors above 2 that a spawned child would inherit (passed to this process, say)."""
@@ -296,9 +291,8 @@ class Supervisor:
                     for slot in range(self.config.processes):
                         self._spawn(slot)
             for slot, child in enumerate(self.children):
-                if child is None or child.is_alive() or done[slot]:
+                if child is None or child.is_alive() or done[slot]:  # is_alive() reaps an exited child
                     continue
-                child.join()
                 if self.signals or (self.config.burst and child.exitcode == 0):
                     done[slot] = True
                     continue
