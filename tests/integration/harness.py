@@ -288,11 +288,53 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate authority: (certificate, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+    )
+    return cert, key
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path] | None:
+    """(CA, server certificate, server key) for localhost and 127.0.0.1 in ``directory``, or None
+    without openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = make_ca(directory, "taskmill-test-ca")
+    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", request)
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+             "-out", cert, "-extfile", directory / "san.ext")  # fmt: skip
+    return ca, cert, key
+
+
 class RedisServer:
     """A private ``redis-server`` on a loopback port, with AOF fsynced on every write, that a test
     can SIGKILL and start again on the same port and directory (the AOF keeps the data)."""
 
-    def __init__(self, directory: Path, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, binary: str | None = None, extra: Sequence[str] = ()
+    ) -> None:
         found = binary or shutil.which(REDIS_SERVER)
         if found is None:
             raise FileNotFoundError(f"{REDIS_SERVER} is not on PATH")
@@ -301,6 +343,7 @@ class RedisServer:
         self.port = port if port is not None else free_port()
         self.marker = uuid.uuid4().hex
         self.log_path = directory / "redis-server.log"
+        self.extra = list(extra)  # more redis-server arguments (TLS, a password)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -327,6 +370,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--save", "",
             "--daemonize", "no",
+            *self.extra,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -17,9 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,6 +35,8 @@ from harness import (
     Workers,
     assert_clean,
     is_alive,
+    make_ca,
+    make_certificates,
     new_key,
     no_server,
     record_messages,
@@ -75,7 +75,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         no_server("the aio-pika package is not installed: pip install -e '.[dev]'")
     server: RabbitMQServer | None = None
     try:
-        server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), tls=make_certificates(tmp_path_factory))
+        certificates = make_certificates(tmp_path_factory.mktemp("tls"))
+        server = RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), tls=certificates)
         server.start()
     except (OSError, AssertionError) as exc:
         log = server.log()[-2000:] if server is not None else ""
@@ -87,45 +88,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         yield Node(server)
     finally:
         server.stop()
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate authority: (certificate, key)."""
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        key,
-        "-out",
-        cert,
-    )
-    return cert, key
-
-
-def make_certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path] | None:
-    """(CA, server certificate, server key) for localhost and 127.0.0.1, or None without openssl."""
-    if shutil.which("openssl") is None:
-        return None
-    directory = tmp_path_factory.mktemp("tls")
-    ca, ca_key = make_ca(directory, "taskmill-test-ca")
-    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", request)
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
-             "-out", cert, "-extfile", directory / "san.ext")  # fmt: skip
-    return ca, cert, key
 
 
 @pytest.fixture

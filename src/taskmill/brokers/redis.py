@@ -4,12 +4,11 @@ Redis's own clock (``TIME``).
 
 Each queue's keys share the hash tag ``{queue}``, ready for Redis Cluster, but the client is a
 single-server one: run taskmill on one Redis server (with a replica for failover). Idle workers
-wait on Pub/Sub notifications, never polling.
+wait on Pub/Sub notifications, never polling. The client is taskmill's own (redis_client.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -17,12 +16,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from taskmill import encoding
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.errors import ConfigurationError, LeaseLost
-from taskmill.redis_conn import connect, translated
+from taskmill.redis_client import connect
 
 __all__ = ["RedisBroker"]
 
@@ -38,16 +37,15 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, max_deliveries: int = 25) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
+        query = dict(parse_qsl(urlsplit(url).query))
         try:
-            retention = float(query.pop("dead_retention", _DEAD_RETENTION_S))
+            retention = float(query.get("dead_retention", _DEAD_RETENTION_S))
         except ValueError:
             raise ConfigurationError("dead_retention must be a number of seconds") from None
         self.dead_retention_ms = int(retention * 1000)
-        self._client, self.prefix = connect(urlunsplit(parts._replace(query=urlencode(query))))
+        self._client, self.prefix = connect(url)
         self._scripts = {
-            name: self._client.register_script(_COMMON + (_LUA / f"{name}.lua").read_text())
+            name: self._client.script(_COMMON + (_LUA / f"{name}.lua").read_text())
             for name in ("publish", "fetch", "settle", "inspect", "operate")
         }
         self._key_cache: dict[str, list[str]] = {}  # queue -> its keys; read-only once made
@@ -58,10 +56,7 @@ class RedisBroker(Broker):
 
     @property
     def location(self) -> str:
-        kwargs = self._client.connection_pool.connection_kwargs
-        return (
-            f"{urlsplit(self.url).scheme}://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-        )
+        return self._client.location
 
     def _keys(self, queue: str) -> list[str]:
         keys = self._key_cache.get(queue)
@@ -78,8 +73,7 @@ class RedisBroker(Broker):
         return f"{self.prefix}:notify:{queue}"
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        with translated():
-            return self._scripts[name](keys=keys, args=args)
+        return self._scripts[name](keys, args)
 
     # -- producing -----------------------------------------------------------------------------
     def publish(self, records: Sequence[Record]) -> None:
@@ -141,41 +135,68 @@ class RedisBroker(Broker):
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with self._pubsub_lock, translated(on_error=self._drop_pubsub):
-            if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            wanted = {self._channel(q) for q in queues}
-            subscribed = {_text(c) for c in self._pubsub.channels}
-            if wanted - subscribed:
-                self._pubsub.subscribe(*(wanted - subscribed))
-                self._generation += 1
-            hint, self._hint = self._hint, None
-            if hint is not None and hint[:2] == (self._generation, tuple(queues)):
-                # The last fetch, made while subscribed, found the queues empty: a publish since then
-                # left a notification here (older ones cost one fetch that finds nothing, not one each).
-                stale = False
-                while self._pubsub.get_message(timeout=0) is not None:
+        with self._pubsub_lock:
+            try:
+                self._wait(queues, deadline)
+            except BaseException:
+                self._drop_pubsub()
+                raise
+
+    def _wait(self, queues: Sequence[str], deadline: float) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._client.subscription()
+        new = {self._channel(q) for q in queues} - self._pubsub.channels
+        if new:
+            self._pubsub.subscribe(*new)
+            self._generation += 1
+            self._confirm(len(new))
+        hint, self._hint = self._hint, None
+        if hint is not None and hint[:2] == (self._generation, tuple(queues)):
+            # The last fetch, made while subscribed, found the queues empty: a publish since then
+            # left a notification here (older ones cost one fetch that finds nothing, not one each).
+            stale = False
+            while (event := self._pubsub.get(0)) is not None:
+                if event != "subscribe":
                     stale = True
-                if stale:
-                    return
-                if hint[2] is not None:
-                    deadline = min(deadline, hint[2])
-            else:
-                while self._pubsub.get_message(timeout=0) is not None:
-                    pass  # stale notifications: the look below covers them
-                soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
-                if soonest_ms >= 0:
-                    deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if self._pubsub.get_message(timeout=remaining) is not None:
-                    return
+            if stale:
+                return
+            if hint[2] is not None:
+                deadline = min(deadline, hint[2])
+        else:
+            while (event := self._pubsub.get(0)) is not None:  # stale notifications: the look below covers them
+                if event == "reconnected":
+                    self._generation += 1
+                    self._confirm(len(self._pubsub.channels))
+            soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
+            if soonest_ms >= 0:
+                deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
+        while (remaining := deadline - time.monotonic()) > 0:
+            event = self._pubsub.get(remaining)
+            if event == "reconnected":  # what was published meanwhile reached nobody: look again
+                self._generation += 1
+                return
+            if event == "message":
+                return
+
+    def _confirm(self, expected: int) -> None:
+        """Wait until the server confirmed ``expected`` subscriptions: a look made before that, on
+        another connection, could run first and miss a publish the subscription did not hear."""
+        deadline = time.monotonic() + 5.0
+        while expected > 0 and (remaining := deadline - time.monotonic()) > 0:
+            event = self._pubsub.get(remaining)
+            if event == "subscribe":
+                expected -= 1
+            elif event == "reconnected":  # it subscribed to every channel again
+                self._generation += 1
+                expected = len(self._pubsub.channels)
+            elif event is None:
+                return  # no confirmation in 5 s: the wait is bounded by its timeout anyway
 
     def _drop_pubsub(self) -> None:
         """Forget a subscription whose connection failed; the next wait subscribes afresh."""
         self._generation += 1
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                self._pubsub.close()
+            self._pubsub.close()
             self._pubsub = None
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
@@ -199,8 +220,7 @@ class RedisBroker(Broker):
 
     # -- inspecting and operating --------------------------------------------------------------
     def _known_queues(self) -> list[str]:
-        with translated():
-            return sorted(_text(q) for q in self._client.smembers(f"{self.prefix}:queues"))
+        return sorted(_text(q) for q in self._client.call("SMEMBERS", f"{self.prefix}:queues"))
 
     def _inspect(self, queues: Sequence[str]) -> list[Any]:
         return list(self._run("inspect", [k for q in queues for k in self._keys(q)], []))
@@ -218,19 +238,18 @@ class RedisBroker(Broker):
     def dead_letters(self, queue: str | None = None, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         names = [queue] if queue is not None else self._known_queues()
         newest: list[tuple[float, str, str]] = []
-        with translated():
-            for name in names:
-                dead_key = self._keys(name)[5]
-                for member, score in self._client.zrevrange(dead_key, 0, offset + limit - 1, withscores=True):
-                    newest.append((score, name, _text(member)))
-            newest.sort(key=lambda item: item[0], reverse=True)
-            page = newest[offset : offset + limit]
-            pipe = self._client.pipeline(transaction=False)
-            for _, name, message_id in page:
-                keys = self._keys(name)
-                pipe.hget(keys[6], message_id)
-                pipe.hget(keys[7], message_id)
-            fetched = pipe.execute()
+        for name in names:
+            flat = self._client.call("ZREVRANGE", self._keys(name)[5], 0, offset + limit - 1, "WITHSCORES")
+            newest.extend(
+                (float(score), name, _text(member)) for member, score in zip(flat[::2], flat[1::2], strict=True)
+            )
+        newest.sort(key=lambda item: item[0], reverse=True)
+        page = newest[offset : offset + limit]
+        commands = []
+        for _, name, message_id in page:
+            keys = self._keys(name)
+            commands += [("HGET", keys[6], message_id), ("HGET", keys[7], message_id)]
+        fetched = self._client.pipeline(commands) if commands else []
         letters = []
         for (score, name, message_id), info, body in zip(page, fetched[::2], fetched[1::2], strict=True):
             detail = encoding.loads(info or b"{}")
@@ -265,8 +284,7 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         with self._pubsub_lock:
-            if self._pubsub is not None:
-                self._pubsub.close()
+            self._drop_pubsub()
         self._client.close()
 
 
