@@ -31,7 +31,7 @@ from systems.base import EXECS, IDS, record, redis_client
 
 import taskmill
 from taskmill.worker.consumer import Worker
-from taskmill.worker.supervisor import configure_logging
+from taskmill.worker.process import configure_logging
 
 DEFAULT_URL = "redis://127.0.0.1:6379/13"
 

@@ -12,7 +12,8 @@ import click
 
 from taskmill.app import App
 from taskmill.errors import ConfigurationError, TaskmillError
-from taskmill.worker.supervisor import WorkerConfig, configure_logging, load_app, supervise
+from taskmill.worker.process import WorkerConfig, configure_logging, load_app
+from taskmill.worker.supervisor import supervise
 
 __all__ = ["main"]
 

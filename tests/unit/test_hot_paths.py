@@ -17,7 +17,7 @@ from taskmill.errors import ArgumentsError
 from taskmill.message import Message
 from taskmill.middleware import Middleware
 from taskmill.middleware.base import overriding
-from taskmill.worker.supervisor import BatchingHandler
+from taskmill.worker.process import BatchingHandler
 
 
 def plain(a: int, b: int) -> None: ...

@@ -9,7 +9,6 @@ finished members reaches the group's size, and a marker keeps it from firing aga
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +75,8 @@ def _callback(app: App, message: Message, kind: str, argument: Any) -> Message |
     if target is None:
         log.error("message %s: %s callback %r is not a registered actor", message.id, kind, name)
         return None
+    import hashlib  # here: it loads OpenSSL's libcrypto (~3.7 MB a worker process), for callbacks only
+
     follow_up_id = hashlib.sha256(f"{message.id}\0{kind}".encode()).hexdigest()[:32]  # fixed: re-sends dedupe
     return target.message_with_options(args=(argument,), message_id=follow_up_id)
 

@@ -1,0 +1,208 @@
+"""One worker process: the config the supervisor hands it, the CLI's logging, the app it loads,
+and its main (``child_main``), which runs a Worker until signalled.
+
+Kept apart from supervisor.py, which runs as a small interpreter of its own and must not import
+what only a worker process needs.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from taskmill.app import App
+
+__all__ = ["CONFIG_ENV", "BatchingHandler", "WorkerConfig", "child_main", "configure_logging", "load_app", "run_child"]
+
+log = logging.getLogger("taskmill.supervisor")
+
+CONFIG_ENV = "TASKMILL_WORKER_CONFIG"  # how a worker process receives its WorkerConfig (JSON)
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What every worker process needs to know; passed to the supervisor and its children as JSON."""
+
+    app_spec: str
+    processes: int = 1
+    threads: int = 8
+    queues: tuple[str, ...] = ()
+    burst: bool = False
+    grace: float | None = None
+    log_level: str = "INFO"
+    log_args: bool = False
+    watch: tuple[str, ...] = field(default=())
+    cwd: str = field(default_factory=os.getcwd)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        raw: dict[str, Any] = json.loads(text)
+        fields: dict[str, Any] = {key: tuple(v) if isinstance(v, list) else v for key, v in raw.items()}
+        return cls(**fields)
+
+
+def load_app(spec: str) -> App:
+    """Import ``module[:attribute]`` and return its App (the only App in it, or taskmill's default)."""
+    from taskmill.app import App
+    from taskmill.errors import ConfigurationError
+
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    if attribute:
+        found = getattr(module, attribute, None)
+        if not isinstance(found, App):
+            raise ConfigurationError(f"{spec!r} is not a taskmill.App")
+        return found
+    apps = {id(v): v for v in vars(module).values() if isinstance(v, App)}
+    if len(apps) > 1:
+        raise ConfigurationError(f"{module_name!r} has several Apps; name one as {module_name}:NAME")
+    if apps:
+        return next(iter(apps.values()))
+    from taskmill import default_app
+
+    return default_app()
+
+
+def configure_logging(level: str) -> None:
+    """The CLI's logging: one line per record on stderr; library code only ever adds a NullHandler."""
+    handler = BatchingHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # one warning per reconnect attempt floods logs
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes INFO and below in batches, at most ``delay`` s late; WARNING and
+    above (and every line queued before them) at once.
+
+    A worker logs a line per message. So that busy threads do not queue behind each other for the
+    handler's lock, an INFO record is only queued here, without the lock (a copy, with its message
+    text made at once, so later changes to its arguments do not show), and the flush thread formats
+    and writes the batch.
+    """
+
+    def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
+        super().__init__(stream)
+        self.delay = delay
+        self._pending: collections.deque[logging.LogRecord] = collections.deque()  # appends need no lock
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_later, name="taskmill-log-flush", daemon=True).start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return bool(super().handle(record))  # locked: emit() writes the queue, then this record
+        kept: object = self.filter(record)  # a bool, or since 3.12 maybe a record
+        if not kept:
+            return False
+        if isinstance(kept, logging.LogRecord):  # a filter handed back another record
+            record = kept
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 -- logging must never raise into the caller
+            self.handleError(record)
+            return False
+        queued = logging.LogRecord.__new__(logging.LogRecord)  # a copy: other handlers see the record as it was
+        queued.__dict__.update(record.__dict__)
+        queued.msg, queued.args = message, None
+        self._pending.append(queued)
+        if not self._waiting.is_set():
+            self._waiting.set()
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            self._pending.append(record)
+            self._write()
+        except Exception:  # noqa: BLE001 -- logging must never raise into the caller
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            self._write()
+
+    def _write(self) -> None:
+        lines = []
+        with contextlib.suppress(IndexError):  # until the queue is empty; appends may race in
+            while True:
+                record = self._pending.popleft()
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:  # noqa: BLE001 -- one bad record must not hold back the rest
+                    self.handleError(record)
+        if lines and self.stream is not None:
+            self.stream.write("".join(lines))
+        if self.stream is not None and hasattr(self.stream, "flush"):
+            self.stream.flush()
+
+    def _flush_later(self) -> None:
+        while True:
+            self._waiting.wait()
+            time.sleep(self.delay)
+            self._waiting.clear()
+            with contextlib.suppress(Exception):  # a closed stream at exit
+                self.flush()
+
+
+def run_child(config: WorkerConfig) -> None:
+    """Entry point of one worker process (its own process group: Ctrl-C reaches the supervisor
+    only, which forwards the signal once)."""
+    os.chdir(config.cwd)
+    configure_logging(config.log_level)
+    from taskmill.worker.consumer import Worker
+
+    app = load_app(config.app_spec)
+    if config.log_args:
+        app.settings = dataclasses.replace(app.settings, log_args=True)
+    worker = Worker(app, queues=config.queues or None, threads=config.threads, burst=config.burst)
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals = 2 if signum == signal.SIGUSR1 else signals + 1
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_signal)  # the supervisor's "stop hard", so children need not count
+    parent = os.getppid()
+    worker.start()
+    log.info("worker process started: %d threads on %s", config.threads, ", ".join(worker.queues))
+    stopper: threading.Thread | None = None
+    while not worker.wait_stopped(0.1):
+        if signals == 0 and os.getppid() != parent:
+            signals = 1  # the supervisor died; stop gracefully rather than run unsupervised
+        if signals == 1 and stopper is None:
+            grace = app.settings.grace_seconds if config.grace is None else config.grace
+            log.info("stopping: finishing in-flight work (grace %.0f s)", grace)
+            stopper = threading.Thread(target=worker.stop, args=(config.grace,), daemon=True)
+            stopper.start()
+        elif signals >= 2:
+            log.warning("second signal: stopping now; in-flight messages go back to the broker")
+            worker.abandon()
+    app.close()
+
+
+def child_main() -> None:
+    """Entry point of a worker process the supervisor spawned (see ``supervisor.Child``)."""
+    run_child(WorkerConfig.from_json(os.environ.pop(CONFIG_ENV)))
