@@ -3,14 +3,14 @@ beside this module), so fetch-and-lease, ack and the crash guard are atomic; tim
 Redis's own clock (``TIME``).
 
 Each queue's keys share the hash tag ``{queue}``, ready for Redis Cluster, but the client is a
-single-server one: run taskmill on one Redis server (with a replica for failover). Idle workers
-wait on Pub/Sub notifications, never polling. The client is taskmill's own (redis_client.py).
+single-server one: run taskmill on one Redis server (with a replica for failover). An idle worker
+parks and a publish hands it a message directly (redis_park.py), never polling. The client is
+taskmill's own (redis_client.py).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from taskmill import encoding
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
+from taskmill.brokers.redis_park import Parking
 from taskmill.errors import ConfigurationError, LeaseLost
 from taskmill.redis_client import connect
 
@@ -27,7 +28,7 @@ __all__ = ["RedisBroker"]
 
 _LUA = Path(__file__).with_name("redis_lua")
 _COMMON = (_LUA / "common.lua").read_text()
-_KEY_NAMES = ("ready", "delayed", "leased", "body", "meta", "dead", "deadinfo", "deadbody", "seq")
+_KEY_NAMES = ("ready", "delayed", "leased", "body", "meta", "dead", "deadinfo", "deadbody", "waiters", "seq")
 _DEAD_RETENTION_S = 7 * 86400.0
 _KEY_CACHE_SIZE = 10_000  # queues whose key names are kept ready (bounded: queue names may be unbounded)
 
@@ -46,13 +47,11 @@ class RedisBroker(Broker):
         self._client, self.prefix = connect(url)
         self._scripts = {
             name: self._client.script(_COMMON + (_LUA / f"{name}.lua").read_text())
-            for name in ("publish", "fetch", "settle", "inspect", "operate")
+            for name in ("publish", "fetch", "settle", "inspect", "operate", "park")
         }
         self._key_cache: dict[str, list[str]] = {}  # queue -> its keys; read-only once made
-        self._pubsub: Any = None
-        self._generation = 0  # counts subscriptions made; a fetch hint is good only within one
-        self._hint: tuple[int, tuple[str, ...], float | None] | None = None  # from the last short fetch
-        self._pubsub_lock = threading.Lock()
+        self._parking = Parking(self._run, self._client, self._keys)
+        self._lease_ms = 30_000  # the last fetch's lease: a message handed to this worker while parked gets it
 
     @property
     def location(self) -> str:
@@ -69,9 +68,6 @@ class RedisBroker(Broker):
                 self._key_cache[queue] = keys
         return keys
 
-    def _channel(self, queue: str) -> str:
-        return f"{self.prefix}:notify:{queue}"
-
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys, args)
 
@@ -83,7 +79,7 @@ class RedisBroker(Broker):
         if not by_queue:
             return
         for queue, args in by_queue.items():  # one round trip per queue: EVALSHA, loading the script if needed
-            self._run("publish", [*self._keys(queue), f"{self.prefix}:queues"], [queue, self._channel(queue), *args])
+            self._run("publish", [*self._keys(queue), f"{self.prefix}:queues"], [queue, *args])
 
     # -- consuming -----------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
@@ -95,21 +91,24 @@ class RedisBroker(Broker):
     def ack_and_fetch(
         self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
     ) -> tuple[list[Delivery], list[Delivery]]:
+        limit = max(limit, 0) if queues else 0
+        handed = self._parking.take(queues, limit) if limit else []
+        if handed and not acks:
+            return [], handed  # what a publish handed this worker while it was parked: no round trip
+        limit -= len(handed)
         order = list(dict.fromkeys([*queues, *(d.queue for d in acks)]))
-        if not order:
-            return [], []
+        if not order or (not acks and not limit):
+            return [], handed
+        if limit:
+            self._lease_ms = lease_ms
         index = {queue: i + 1 for i, queue in enumerate(order)}
         keys = self._keys(order[0]) if len(order) == 1 else [key for queue in order for key in self._keys(queue)]
-        limit = max(limit, 0) if queues else 0
         args: list[Any] = [limit, lease_ms, self.max_deliveries, self.dead_retention_ms, DELIVERY_LIMIT_TEXT, len(acks)]
         for delivery in acks:
             args.extend((index[delivery.queue], delivery.id, delivery.token))
         args.append(os.urandom(12).hex())  # this call's fencing nonce; each token adds its position
-        generation = self._generation  # read before the call: a subscription made after it does not count
-        lost_positions, buried, soonest, *rows = self._run("fetch", keys, args)
-        if queues and limit > 0 and soonest != -2:  # all ready leased: an idle wait may skip its look
-            due = None if soonest < 0 else time.monotonic() + soonest / 1000
-            self._hint = (generation, tuple(queues), due)
+        args.append(self._parking.park_id())  # its inboxes are drained into this fetch
+        lost_positions, buried, _soonest, *rows = self._run("fetch", keys, args)
         lost = [acks[position - 1] for position in lost_positions]
         dead_at = int(time.time() * 1000)
         self._buried.extend(
@@ -127,88 +126,29 @@ class RedisBroker(Broker):
             )
             for b in buried
         )
-        fetched = [
+        fetched = handed + [
             Delivery(_text(row[1]), order[int(row[0]) - 1], bytes(row[2]), int(row[3]), int(row[4]), _text(row[5]))
             for row in rows
         ]
+        wanted = len(handed) + limit
+        if len(fetched) > wanted:  # the inboxes held more than asked for: leased to us, kept for the next fetch
+            self._parking.keep(fetched[wanted:])
+            fetched = fetched[:wanted]
         return lost, fetched
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._pubsub_lock:
-            try:
-                self._wait(queues, deadline)
-            except BaseException:
-                self._drop_pubsub()
-                raise
-
-    def _wait(self, queues: Sequence[str], deadline: float) -> None:
-        if self._pubsub is None:
-            self._pubsub = self._client.subscription()
-        new = {self._channel(q) for q in queues} - self._pubsub.channels
-        if new:
-            self._pubsub.subscribe(*new)
-            self._generation += 1
-            self._confirm(len(new))
-        hint, self._hint = self._hint, None
-        if hint is not None and hint[:2] == (self._generation, tuple(queues)):
-            # The last fetch, made while subscribed, found the queues empty: a publish since then
-            # left a notification here (older ones cost one fetch that finds nothing, not one each).
-            stale = False
-            while (event := self._pubsub.get(0)) is not None:
-                if event != "subscribe":
-                    stale = True
-            if stale:
-                return
-            if hint[2] is not None:
-                deadline = min(deadline, hint[2])
-        else:
-            while (event := self._pubsub.get(0)) is not None:  # stale notifications: the look below covers them
-                if event == "reconnected":
-                    self._generation += 1
-                    self._confirm(len(self._pubsub.channels))
-            soonest_ms = self._inspect(queues)[-1]  # after subscribing, so a publish in between still wakes us
-            if soonest_ms >= 0:
-                deadline = min(deadline, time.monotonic() + soonest_ms / 1000)
-        while (remaining := deadline - time.monotonic()) > 0:
-            event = self._pubsub.get(remaining)
-            if event == "reconnected":  # what was published meanwhile reached nobody: look again
-                self._generation += 1
-                return
-            if event == "message":
-                return
-
-    def _confirm(self, expected: int) -> None:
-        """Wait until the server confirmed ``expected`` subscriptions: a look made before that, on
-        another connection, could run first and miss a publish the subscription did not hear."""
-        deadline = time.monotonic() + 5.0
-        while expected > 0 and (remaining := deadline - time.monotonic()) > 0:
-            event = self._pubsub.get(remaining)
-            if event == "subscribe":
-                expected -= 1
-            elif event == "reconnected":  # it subscribed to every channel again
-                self._generation += 1
-                expected = len(self._pubsub.channels)
-            elif event is None:
-                return  # no confirmation in 5 s: the wait is bounded by its timeout anyway
-
-    def _drop_pubsub(self) -> None:
-        """Forget a subscription whose connection failed; the next wait subscribes afresh."""
-        self._generation += 1
-        if self._pubsub is not None:
-            self._pubsub.close()
-            self._pubsub = None
+        self._parking.wait(queues, timeout, self._lease_ms)
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         return [d for d in deliveries if not self._settle("extend", d, [lease_ms])]
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
-        if not self._settle("retry", delivery, [max(delay_ms, 0), self._channel(delivery.queue)]):
+        if not self._settle("retry", delivery, [max(delay_ms, 0)]):
             raise LeaseLost(f"message {delivery.id} is leased to another delivery; retry refused")
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
-            self._settle("release", delivery, [self._channel(delivery.queue)])
+            self._settle("release", delivery, [])
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
         fields = [failure.reason, failure.error_type, failure.error_message, failure.traceback]
@@ -283,9 +223,12 @@ class RedisBroker(Broker):
         return sum(int(self._run("operate", self._keys(name), [op, *selection])) for name in names)
 
     def close(self) -> None:
-        with self._pubsub_lock:
-            self._drop_pubsub()
-        self._client.close()
+        try:
+            back = self._parking.leave()
+            if back:
+                self.release(back)
+        finally:
+            self._client.close()
 
 
 def _text(value: bytes | str) -> str:

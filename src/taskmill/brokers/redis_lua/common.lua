@@ -1,9 +1,10 @@
 -- Shared by every script (prepended when the scripts are registered).
--- Per queue, KEYS come in groups of 9, in this order:
+-- Per queue, KEYS come in groups of 10, in this order:
 --   ready (zset, score = (9 - priority) * 2^40 + seq), delayed (zset, score = run-at ms),
 --   leased (zset, score = lease expiry ms), body (hash id -> body), meta (hash id -> "prio|seq|deliveries|token"),
---   dead (zset, score = dead-at in microseconds), deadinfo (hash id -> JSON), deadbody (hash id -> body), seq (counter)
-local GROUP = 9
+--   dead (zset, score = dead-at in microseconds), deadinfo (hash id -> JSON), deadbody (hash id -> body),
+--   waiters (zset of parked workers' ids, score = when their park ends, ms), seq (counter)
+local GROUP = 10
 local SEQ_SPAN = 1099511627776  -- 2^40: seq stays below it, so priority always dominates the score
 
 local function now_us()
@@ -28,7 +29,7 @@ local function queue_keys(index)
   local base = (index - 1) * GROUP
   return {ready = KEYS[base + 1], delayed = KEYS[base + 2], leased = KEYS[base + 3], body = KEYS[base + 4],
           meta = KEYS[base + 5], dead = KEYS[base + 6], deadinfo = KEYS[base + 7], deadbody = KEYS[base + 8],
-          seq = KEYS[base + 9]}
+          waiters = KEYS[base + 9], seq = KEYS[base + 10]}
 end
 
 -- One command over many arguments (ids, or pairs), chunked to stay within Lua's unpack limit.
@@ -100,4 +101,66 @@ local function soonest_due(k, now, soonest)
     end
   end
   return soonest
+end
+
+-- Parked workers. An idle worker parks (park.lua): its park key '<prefix>:park:<worker id>' holds
+-- 'nonce|lease_ms' until its wait ends, its id sits in each served queue's `waiters`, and it blocks
+-- in BLPOP on its inboxes, one list per queue ('<prefix>:{queue}:inbox:<worker id>'). A script
+-- that makes a message ready hands it straight to a parked worker: leased as a fetch leases it
+-- (token '<nonce>.0'), pushed onto the inbox as 'id\0token\0priority\0deliveries\0body', so the
+-- worker's wait returns with it and no fetch comes between. One message per park: the hand-off
+-- deletes the park key. An empty row only wakes the worker (a delayed message falls due sooner).
+local function inbox_key(k, cid)
+  return string.sub(k.ready, 1, -6) .. 'inbox:' .. cid  -- '<prefix>:{queue}:ready' -> ':inbox:<id>'
+end
+
+local function park_key(k, cid)
+  return string.sub(k.seq, 1, -4) .. 'park:' .. cid  -- '<prefix>:seq' -> '<prefix>:park:<id>'
+end
+
+-- Take a parked worker of queue k whose park lasts until at least `until_ms`: its id and park
+-- value, or nil. Parks that ended are dropped on the way.
+local function claim_waiter(k, now, until_ms)
+  redis.call('ZREMRANGEBYSCORE', k.waiters, '-inf', now - 1)
+  while true do
+    local cid = redis.call('ZRANGEBYSCORE', k.waiters, until_ms, '+inf', 'LIMIT', 0, 1)[1]
+    if not cid then return nil end
+    redis.call('ZREM', k.waiters, cid)
+    local park = redis.call('GET', park_key(k, cid))
+    if park then
+      redis.call('DEL', park_key(k, cid))
+      return cid, park
+    end  -- it was handed a message from another queue already
+  end
+end
+
+-- Hand queue k's best ready messages to its parked workers, one each, while both last.
+local function hand_off(k, now)
+  while true do
+    local id = redis.call('ZRANGE', k.ready, 0, 0)[1]
+    if not id then return end
+    local cid, park = claim_waiter(k, now, now)
+    if not cid then return end
+    local nonce, lease = string.match(park, '^([^|]*)|(%d+)$')
+    local m = read_meta(k, id)
+    local inbox = inbox_key(k, cid)
+    redis.call('ZREM', k.ready, id)
+    m.deliveries = m.deliveries + 1
+    m.token = nonce .. '.0'
+    write_meta(k, id, m)
+    redis.call('ZADD', k.leased, now + tonumber(lease), id)
+    local body = redis.call('HGET', k.body, id) or ''
+    redis.call('RPUSH', inbox, id .. '\0' .. m.token .. '\0' .. m.prio .. '\0' .. m.deliveries .. '\0' .. body)
+    redis.call('PEXPIRE', inbox, tonumber(lease))
+  end
+end
+
+-- A message of queue k falls due at `due` (ms): wake one parked worker that would sleep past it.
+local function wake_for(k, now, due)
+  local cid = claim_waiter(k, now, due + 1)
+  if cid then
+    local inbox = inbox_key(k, cid)
+    redis.call('RPUSH', inbox, '')
+    redis.call('PEXPIRE', inbox, 60000)
+  end
 end

@@ -1,7 +1,9 @@
 -- Ack, then lease up to `limit` messages across the queues, best priority first, then oldest.
 -- KEYS: one group per queue. ARGV: limit, lease_ms, max_deliveries, dead_retention_ms, the
 --   delivery-limit text, n_acks, then (queue index, id, token) per ack, then a fresh random nonce:
---   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each.
+--   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each;
+--   then the worker's park id ('' for none): what its inboxes hold comes first (see common.lua),
+--   counted in `limit` (beyond it too: those are leased to it already).
 -- Returns {lost ack positions (1-based), buried, soonest, deliveries...} where soonest is, when the
 --   call leased fewer than `limit` (nothing else is ready), the ms until a delayed message or a
 --   lease falls due (-1: none; else -2), and each delivery is
@@ -12,7 +14,7 @@
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_deliveries, retention, limit_text = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local n_acks = tonumber(ARGV[6])
-local nonce = ARGV[7 + 3 * n_acks]
+local nonce, cid = ARGV[7 + 3 * n_acks], ARGV[8 + 3 * n_acks] or ''
 local now = now_ms()
 local lost, buried = {}, {}
 
@@ -51,6 +53,22 @@ end
 table.sort(lost)
 
 local n_queues = #KEYS / GROUP
+local handed = {}  -- deliveries a publish pushed onto this worker's inboxes, still its own
+if limit > 0 and cid ~= '' then
+  for q = 1, n_queues do
+    local k = queue_keys(q)
+    local inbox = inbox_key(k, cid)
+    for _, row in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+      local id, token = string.match(row, '^([^%z]*)%z([^%z]*)%z')
+      local m = id and held(k, id, token)
+      if m then
+        table.insert(handed, {q, id, redis.call('HGET', k.body, id) or '', m.prio, m.deliveries, token})
+      end
+    end
+    redis.call('DEL', inbox)
+  end
+  limit = math.max(limit - #handed, 0)
+end
 local heads = {}
 for q = 1, n_queues do
   local k = queue_keys(q)
@@ -135,6 +153,7 @@ if #picked < limit then  -- the queues are empty now: say when to look again, so
   end
 end
 local out = {lost, buried, soonest}
+for _, row in ipairs(handed) do table.insert(out, row) end
 for _, pick in ipairs(picked) do
   local row = leased[pick[1]][pick[2]]
   if row then table.insert(out, {pick[1], pick[2], row[1], row[2], row[3], row[4]}) end

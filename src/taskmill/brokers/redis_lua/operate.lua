@@ -35,4 +35,5 @@ for _, id in ipairs(ids) do
     end
   end
 end
+if op == 'retry_dead' and count > 0 then hand_off(k, now) end
 return count

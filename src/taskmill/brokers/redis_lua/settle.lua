@@ -1,5 +1,5 @@
 -- Settle one delivery held by its token. KEYS: its queue group. ARGV: op, id, token, then
---   retry: delay_ms, notify channel | release: notify channel | extend: lease_ms |
+--   retry: delay_ms | release: nothing | extend: lease_ms |
 --   dead: reason, error_type, error_message, traceback
 -- Returns 1 when done, 0 when the lease was lost.
 local k = queue_keys(1)
@@ -21,9 +21,10 @@ else
   write_meta(k, id, m)
   if delay > 0 then
     redis.call('ZADD', k.delayed, now + delay, id)
+    wake_for(k, now, now + delay)
   else
     redis.call('ZADD', k.ready, ready_score(m), id)
+    hand_off(k, now)
   end
-  redis.call('PUBLISH', ARGV[#ARGV], '1')
 end
 return 1

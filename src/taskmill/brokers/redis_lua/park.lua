@@ -1,0 +1,41 @@
+-- Park an idle worker (see common.lua), or tell it to fetch now; or unpark it for good.
+-- KEYS: one group per queue it serves. ARGV: 'park', its id, a fresh nonce, lease_ms, wait_ms
+--   | 'leave', its id.
+-- park returns -1 when a fetch would find something now (a ready message, a delayed one or an
+--   expired lease due, or a row in its inboxes); else it parks the worker for wait_ms (shortened
+--   to when the next delayed message or lease falls due) and returns that many ms.
+-- leave returns {queue index, row} for each message its inboxes still hold (the worker gives them
+--   back), and parks it no more.
+local op, cid = ARGV[1], ARGV[2]
+local n_queues = #KEYS / GROUP
+if op == 'leave' then
+  redis.call('DEL', park_key(queue_keys(1), cid))
+  local out = {}
+  for q = 1, n_queues do
+    local k = queue_keys(q)
+    local inbox = inbox_key(k, cid)
+    redis.call('ZREM', k.waiters, cid)
+    for _, row in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+      if row ~= '' then table.insert(out, {q, row}) end
+    end
+    redis.call('DEL', inbox)
+  end
+  return out
+end
+
+local now = now_ms()
+local soonest = -1
+for q = 1, n_queues do
+  local k = queue_keys(q)
+  if redis.call('ZCARD', k.ready) > 0 or redis.call('LLEN', inbox_key(k, cid)) > 0 then return -1 end
+  soonest = soonest_due(k, now, soonest)
+end
+if soonest == 0 then return -1 end
+local wait = tonumber(ARGV[5])
+if soonest > 0 and soonest < wait then wait = soonest end
+local ends = now + wait + 200  -- a little past the worker's own wait: a hand-off in between waits in the inbox
+redis.call('SET', park_key(queue_keys(1), cid), ARGV[3] .. '|' .. ARGV[4], 'PX', ends - now)
+for q = 1, n_queues do
+  redis.call('ZADD', queue_keys(q).waiters, ends, cid)
+end
+return wait

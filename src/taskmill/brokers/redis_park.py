@@ -1,0 +1,117 @@
+"""How an idle Redis worker waits: it parks, and a publish hands it a message directly.
+
+``wait`` runs ``park.lua``: if nothing is fetchable, the worker's park id is registered in each
+queue's ``waiters`` and it blocks in ``BLPOP`` on its inboxes. A publish (or a retry, give-back or
+dead-letter retry) that makes a message ready leases it to a parked worker in the same script and
+pushes it onto that worker's inbox, so ``BLPOP`` returns with the message itself: one hop from
+the producer's script to the worker, no notification and no fetch in between. The delivery waits
+in a stash until the worker's next fetch, which returns it without a round trip.
+
+Each thread that waits has its own park id (tests and embedders may run several consumers on one
+broker). A worker killed while parked leaves at most one leased message in its inbox; its lease
+expires and it is delivered again, as with any worker that dies holding a message. ``close`` gives
+back whatever the inboxes and stashes still hold.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from taskmill.brokers.base import Delivery
+
+__all__ = ["Parking"]
+
+_MARGIN_S = 0.05  # BLPOP ends this much before the socket would time out waiting for its reply
+
+
+class Parking:
+    """The parking of one broker's waiting threads."""
+
+    def __init__(self, run: Callable[[str, list[str], list[Any]], Any], client: Any, keys: Callable[[str], list[str]]):
+        self._run = run  # runs one of the broker's Lua scripts
+        self._client = client
+        self._keys = keys
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # park id -> (the pid that made it, its stash, the queues it parked on)
+        self._parks: dict[str, tuple[int, collections.deque[Delivery], set[str]]] = {}
+
+    def park_id(self) -> str:
+        """This thread's park id ('' before it first waits: then there is nothing to collect)."""
+        if getattr(self._local, "pid", None) != os.getpid():
+            return ""
+        return str(self._local.cid)
+
+    def _mine(self) -> tuple[str, collections.deque[Delivery], set[str]]:
+        if getattr(self._local, "pid", None) != os.getpid():  # a new thread, or a forked child
+            self._local.cid, self._local.pid = os.urandom(8).hex(), os.getpid()
+        cid: str = self._local.cid
+        park = self._parks.get(cid)
+        if park is None:
+            with self._lock:
+                park = self._parks.setdefault(cid, (os.getpid(), collections.deque(), set()))
+        return cid, park[1], park[2]
+
+    def take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries handed to this thread for ``queues`` (leased to it already)."""
+        if not self.park_id():
+            return []
+        _, stash, _ = self._mine()
+        taken: list[Delivery] = []
+        for _ in range(len(stash)):
+            delivery = stash.popleft()
+            if len(taken) < limit and delivery.queue in queues:
+                taken.append(delivery)
+            else:
+                stash.append(delivery)
+        return taken
+
+    def keep(self, deliveries: Sequence[Delivery]) -> None:
+        """Stash deliveries this thread holds but cannot take yet (its fetch got more than it asked)."""
+        self._mine()[1].extend(deliveries)
+
+    def wait(self, queues: Sequence[str], timeout: float, lease_ms: int) -> None:
+        """Block up to ``timeout`` s, returning early when a fetch may find something (a handed
+        delivery is then in the stash)."""
+        cid, stash, parked_on = self._mine()
+        if any(d.queue in queues for d in stash):
+            return
+        wait_s = min(timeout, self._client.timeout - _MARGIN_S)
+        if wait_s < 0.001:
+            return
+        keys = [key for queue in queues for key in self._keys(queue)]
+        parked_on.update(queues)
+        wait_ms = int(self._run("park", keys, ["park", cid, os.urandom(8).hex(), lease_ms, int(wait_s * 1000)]))
+        if wait_ms < 1:
+            return  # something is fetchable now
+        inboxes = {self._inbox(queue, cid): queue for queue in queues}
+        reply = self._client.call("BLPOP", *inboxes, wait_ms / 1000)
+        if reply and reply[1]:
+            stash.append(_delivery(inboxes[reply[0].decode()], reply[1]))
+
+    def leave(self) -> list[Delivery]:
+        """Park no more, from any thread; what the inboxes and stashes still hold, to give back."""
+        with self._lock:
+            parks, self._parks = self._parks, {}
+        back: list[Delivery] = []
+        for cid, (pid, stash, queues) in parks.items():
+            if pid != os.getpid():
+                continue  # a parent's park, seen in a forked child: the parent's to give back
+            back.extend(stash)
+            if queues:
+                order = sorted(queues)
+                rows = self._run("park", [key for queue in order for key in self._keys(queue)], ["leave", cid])
+                back.extend(_delivery(order[int(index) - 1], row) for index, row in rows)
+        return back
+
+    def _inbox(self, queue: str, cid: str) -> str:
+        return f"{self._keys(queue)[0][: -len('ready')]}inbox:{cid}"
+
+
+def _delivery(queue: str, row: bytes) -> Delivery:
+    message_id, token, priority, deliveries, body = row.split(b"\0", 4)
+    return Delivery(message_id.decode(), queue, bytes(body), int(priority), int(deliveries), token.decode())

@@ -1,0 +1,206 @@
+"""The Redis broker's idle path (brokers/redis_park.py): a worker parked in ``wait`` is handed a
+published message directly, leased to it, and everything a parked worker held is given back or
+delivered again when it goes away."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from conftest import MAX_DELIVERIES, redis_url
+
+from taskmill.brokers import Record, open_broker
+from taskmill.brokers.redis import RedisBroker
+
+LEASE_MS = 30_000
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest) -> str:
+    return redis_url(request)
+
+
+@pytest.fixture
+def brokers(url: str) -> Iterator[list[RedisBroker]]:
+    """Brokers on one prefix, as separate worker processes would have; closed after the test."""
+    made: list[RedisBroker] = []
+    yield made
+    for broker in made:
+        broker.close()
+
+
+def new(url: str, made: list[RedisBroker]) -> RedisBroker:
+    broker = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    assert isinstance(broker, RedisBroker)
+    made.append(broker)
+    return broker
+
+
+def record(queue: str = "default", priority: int = 0, delay_ms: int = 0) -> Record:
+    return Record(uuid.uuid4().hex, queue, f"body-{uuid.uuid4().hex}".encode(), priority, delay_ms)
+
+
+class Parked:
+    """``broker.wait`` in a thread of its own (as a worker's fetch loop runs it), then its fetch."""
+
+    def __init__(self, broker: RedisBroker, queues: list[str], timeout: float = 10.0) -> None:
+        self.broker, self.queues, self.timeout = broker, queues, timeout
+        self.returned_after: float | None = None
+        self.fetched: list = []
+        assert broker.fetch(queues, 8, LEASE_MS) == []  # what a worker does before it waits
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        self.broker.wait(self.queues, self.timeout)
+        self.returned_after = time.monotonic() - started
+        # a handed delivery comes back alone, without a round trip; the worker's next fetch gets the rest
+        while batch := self.broker.fetch(self.queues, 8, LEASE_MS):
+            self.fetched.extend(batch)
+
+    def join(self) -> Parked:
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        return self
+
+
+def settle_parking(broker: RedisBroker, queues: list[str]) -> None:
+    """Wait until a parked thread's registration is visible (it parks a moment after it starts)."""
+    keys = broker._keys(queues[0])
+    deadline = time.monotonic() + 5
+    while not broker._client.call("ZCARD", keys[8]):
+        assert time.monotonic() < deadline, "the worker never parked"
+        time.sleep(0.005)
+
+
+def test_a_message_published_to_a_parked_worker_arrives_leased_to_it(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    parked = Parked(worker, ["default"])
+    settle_parking(worker, ["default"])
+    sent = record()
+    producer.publish([sent])
+    (stats,) = producer.stats(["default"])
+    assert (stats.ready, stats.in_flight) == (0, 1)  # leased by the publish itself, before any fetch
+    parked.join()
+    assert parked.returned_after is not None
+    assert parked.returned_after < 5
+    assert [(d.id, d.body, d.deliveries) for d in parked.fetched] == [(sent.id, sent.body, 1)]
+    assert worker.ack(parked.fetched) == []
+    assert producer.stats(["default"])[0].in_flight == 0
+
+
+def test_the_handed_message_is_the_best_ready_one(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    parked = Parked(worker, ["default"])
+    settle_parking(worker, ["default"])
+    low, high = record(priority=1), record(priority=7)
+    producer.publish([low, high])
+    parked.join()
+    assert [d.id for d in parked.fetched] == [high.id, low.id]  # the handed one first, then the fetched
+
+
+def test_one_message_per_parked_worker_and_the_rest_stay_ready(url: str, brokers: list) -> None:
+    producer = new(url, brokers)
+    workers = [new(url, brokers) for _ in range(2)]
+    parked = [Parked(w, ["default"]) for w in workers]
+    deadline = time.monotonic() + 5
+    while producer._client.call("ZCARD", producer._keys("default")[8]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    sent = [record(priority=9), record(priority=9), *(record() for _ in range(3))]
+    producer.publish(sent)
+    handed = [p.join().fetched[0].id for p in parked]
+    assert sorted(handed) == sorted(r.id for r in sent[:2])  # one each: the two best
+    got = [d.id for p in parked for d in p.fetched] + [d.id for d in producer.fetch(["default"], 8, LEASE_MS)]
+    assert sorted(got) == sorted(r.id for r in sent)
+
+
+def test_a_worker_parked_on_two_queues_is_handed_one_message_in_all(url: str, brokers: list) -> None:
+    producer = new(url, brokers)
+    keys = [*producer._keys("a"), *producer._keys("b")]
+    assert producer._run("park", keys, ["park", "w1", "n0nce", LEASE_MS, 5000]) > 0  # parked on a and b, never woken
+    first, second = record("a"), record("b")
+    producer.publish([first])
+    producer.publish([second])  # the park was used up by the first: this one stays ready
+    assert [(s.ready, s.in_flight) for s in producer.stats(["a", "b"])] == [(0, 1), (1, 0)]
+    (row,) = producer._run("park", keys, ["leave", "w1"])  # what its inboxes hold
+    assert row[0] == 1
+    assert row[1].split(b"\0")[0] == first.id.encode()
+
+
+def test_a_delayed_message_wakes_a_worker_parked_past_its_due_time(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    parked = Parked(worker, ["default"], timeout=8.0)
+    settle_parking(worker, ["default"])
+    producer.publish([record(delay_ms=300)])
+    parked.thread.join(5)
+    assert parked.returned_after is not None
+    assert parked.returned_after < 5
+
+
+def test_a_release_or_retry_hands_the_message_to_a_parked_worker(url: str, brokers: list) -> None:
+    holder, parked_broker = new(url, brokers), new(url, brokers)
+    sent = record()
+    holder.publish([sent])
+    (held,) = holder.fetch(["default"], 1, LEASE_MS)
+    parked = Parked(parked_broker, ["default"])
+    settle_parking(parked_broker, ["default"])
+    holder.release([held])
+    parked.join()
+    assert [(d.id, d.deliveries) for d in parked.fetched] == [(sent.id, 1)]  # a give-back is not counted
+    parked_again = Parked(holder, ["default"])
+    settle_parking(holder, ["default"])
+    parked_broker.retry(parked.fetched[0], 0)
+    parked_again.join()
+    assert [(d.id, d.deliveries) for d in parked_again.fetched] == [(sent.id, 2)]
+
+
+def test_closing_a_worker_gives_back_what_was_handed_to_it(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, LEASE_MS) == []
+    waiter = threading.Thread(target=worker.wait, args=(["default"], 10.0), daemon=True)
+    waiter.start()
+    settle_parking(worker, ["default"])
+    sent = record()
+    producer.publish([sent])
+    waiter.join(10)  # the wait returned with the message stashed; the worker stops before fetching it
+    worker.close()
+    brokers.remove(worker)
+    (back,) = producer.fetch(["default"], 1, LEASE_MS)
+    assert (back.id, back.deliveries) == (sent.id, 1)  # given back uncounted, at once
+
+
+def test_a_message_handed_to_a_worker_that_died_parked_is_delivered_again(url: str, brokers: list) -> None:
+    dead, producer = new(url, brokers), new(url, brokers)
+    keys = dead._keys("default")
+    assert dead._run("park", keys, ["park", "deadbeef", "n0nce", 300, 5000]) > 0  # parked, then killed
+    sent = record()
+    producer.publish([sent])
+    assert producer.fetch(["default"], 1, LEASE_MS) == []  # leased to the dead worker
+    time.sleep(0.4)  # its 300 ms lease expires
+    (again,) = producer.fetch(["default"], 1, LEASE_MS)
+    assert (again.id, again.deliveries) == (sent.id, 2)
+    assert producer.ack([again]) == []
+
+
+def test_a_handed_delivery_whose_lease_was_lost_cannot_be_acked(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, 200) == []  # this worker leases for 200 ms
+
+    def publish_once_parked() -> None:
+        settle_parking(worker, ["default"])
+        producer.publish([record()])
+
+    threading.Thread(target=publish_once_parked, daemon=True).start()
+    worker.wait(["default"], 10.0)  # here: the stash is the waiting thread's, as in a worker's fetch loop
+    time.sleep(0.3)
+    (stolen,) = producer.fetch(["default"], 1, LEASE_MS)  # the lease expired: fetched again
+    (handed,) = worker.fetch(["default"], 8, LEASE_MS)
+    assert handed.id == stolen.id
+    assert handed.token != stolen.token
+    assert worker.ack([handed]) == [handed]
+    assert producer.ack([stolen]) == []
