@@ -10,17 +10,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import MAX_DELIVERIES, redis_url
 
 from taskmill.brokers import Record, open_broker
 from taskmill.brokers.redis import RedisBroker
 
 LEASE_MS = 30_000
+MAX_DELIVERIES = 3
 
 
 @pytest.fixture
-def url(request: pytest.FixtureRequest) -> str:
-    return redis_url(request)
+def url(redis_test_url: str) -> str:
+    return redis_test_url
 
 
 @pytest.fixture
@@ -204,3 +204,55 @@ def test_a_handed_delivery_whose_lease_was_lost_cannot_be_acked(url: str, broker
     assert handed.token != stolen.token
     assert worker.ack([handed]) == [handed]
     assert producer.ack([stolen]) == []
+
+
+def test_a_worker_whose_wait_ended_is_handed_nothing(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, LEASE_MS) == []
+    worker.wait(["default"], 0.2)  # ends by its timeout: the park ended with it
+    producer.publish([record()])  # the worker might be busy now: the message must stay for anyone
+    assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]
+
+
+def test_a_row_drained_from_the_inbox_is_leased_afresh(url: str, brokers: list) -> None:
+    worker, other = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, LEASE_MS) == []
+    park_id = worker._parking._mine()[0]  # this thread's: the fetch below drains its inbox
+    assert worker._run("park", worker._keys("default"), ["park", park_id, "n0nce", 300, 5000]) > 0
+    sent = record()
+    other.publish([sent])  # handed: leased for 300 ms, waiting in the inbox (nobody popped it)
+    time.sleep(0.2)
+    (drained,) = worker.fetch(["default"], 8, LEASE_MS)
+    assert (drained.id, drained.deliveries) == (sent.id, 1)
+    time.sleep(0.2)  # past the hand-off's 300 ms: the drain renewed the lease for the fetch's 30 s
+    assert other.fetch(["default"], 8, LEASE_MS) == []
+    assert worker.ack([drained]) == []
+
+
+def test_stop_consuming_gives_back_what_was_handed_but_not_fetched(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, LEASE_MS) == []
+
+    def publish_once_parked() -> None:
+        settle_parking(worker, ["default"])
+        producer.publish([sent])
+
+    sent = record()
+    threading.Thread(target=publish_once_parked, daemon=True).start()
+    worker.wait(["default"], 10.0)  # returns with the message stashed
+    worker.stop_consuming()  # a Worker stopping, its app (and broker) still open
+    (back,) = producer.fetch(["default"], 1, LEASE_MS)
+    assert (back.id, back.deliveries) == (sent.id, 1)
+
+
+def test_a_park_that_cannot_be_read_hands_nothing_and_loses_nothing(url: str, brokers: list) -> None:
+    producer = new(url, brokers)
+    keys = producer._keys("default")
+    park_key = f"{producer.prefix}:park:odd"
+    producer._client.call("SET", park_key, "no lease here", "PX", 5000)
+    producer._client.call("ZADD", keys[8], int(time.time() * 1000) + 5000, "odd")
+    sent = record()
+    producer.publish([sent])
+    assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]
+    (got,) = producer.fetch(["default"], 1, LEASE_MS)
+    assert got.id == sent.id

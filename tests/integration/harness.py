@@ -333,8 +333,13 @@ class RedisServer:
     can SIGKILL and start again on the same port and directory (the AOF keeps the data)."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, binary: str | None = None, extra: Sequence[str] = ()
+        self,
+        directory: Path,
+        port: int | None = None,
+        binary: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls``: (CA certificate, server certificate, server key) for an extra TLS listener on ``tls_port``."""
         found = binary or shutil.which(REDIS_SERVER)
         if found is None:
             raise FileNotFoundError(f"{REDIS_SERVER} is not on PATH")
@@ -343,9 +348,22 @@ class RedisServer:
         self.port = port if port is not None else free_port()
         self.marker = uuid.uuid4().hex
         self.log_path = directory / "redis-server.log"
-        self.extra = list(extra)  # more redis-server arguments (TLS, a password)
+        self.tls_port = free_port() if tls else 0
+        self.ca = tls[0] if tls else None
+        self.extra = (
+            ["--tls-port", str(self.tls_port), "--tls-cert-file", str(tls[1]), "--tls-key-file", str(tls[2]),
+             "--tls-ca-cert-file", str(tls[0]), "--tls-auth-clients", "no"]
+            if tls else []
+        )  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def url(self, prefix: str, db: int = 0) -> str:
         """A ``redis://`` URL on this server with a key prefix."""

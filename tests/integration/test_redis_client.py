@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import REDIS_SERVER, RedisServer, free_port, make_certificates, no_server
+from harness import REDIS_SERVER, RedisServer, make_certificates, no_server
 
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError
 from taskmill.redis_client import RedisClient, connect
@@ -47,22 +47,8 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if shutil.which(REDIS_SERVER) is None:
         no_server(f"{REDIS_SERVER} is not installed")
     directory = tmp_path_factory.mktemp("redis-client")
-    certificates = make_certificates(directory / "tls")
-    extra: list[str] = []
-    tls_port = 0
-    if certificates is not None:
-        ca, cert, private_key = certificates
-        tls_port = free_port()
-        extra = ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(private_key),
-                 "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]  # fmt: skip
-    server = RedisServer(directory / "data", extra=extra)
-    server.tls_port = tls_port  # type: ignore[attr-defined]
-    server.ca = certificates[0] if certificates else None  # type: ignore[attr-defined]
-    try:
-        server.start()
+    with RedisServer(directory / "data", tls=make_certificates(directory / "tls")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -162,7 +148,7 @@ def test_a_user_and_password_authenticate_each_connection(server: RedisServer, k
 
 
 def test_tls_checks_the_servers_certificate(server: RedisServer, key: str, tmp_path: Path) -> None:
-    tls_port, ca = server.tls_port, server.ca  # type: ignore[attr-defined]
+    tls_port, ca = server.tls_port, server.ca
     if not tls_port:
         no_server("openssl is not installed, so the server has no TLS listener")
     trusted, _ = connect(f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}")

@@ -53,12 +53,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         import redis  # noqa: F401 -- the broker needs it
     except ImportError:
         no_server("the redis package is not installed: pip install -e '.[dev]'")
-    server = RedisServer(tmp_path_factory.mktemp("redis-server"))
-    try:
-        server.start()
+    with RedisServer(tmp_path_factory.mktemp("redis-server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

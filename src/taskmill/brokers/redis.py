@@ -50,7 +50,7 @@ class RedisBroker(Broker):
             for name in ("publish", "fetch", "settle", "inspect", "operate", "park")
         }
         self._key_cache: dict[str, list[str]] = {}  # queue -> its keys; read-only once made
-        self._parking = Parking(self._run, self._client, self._keys)
+        self._parking = Parking(self._run, self._client, self._keys, self.release)
         self._lease_ms = 30_000  # the last fetch's lease: a message handed to this worker while parked gets it
 
     @property
@@ -222,11 +222,15 @@ class RedisBroker(Broker):
         names = [queue] if queue is not None else self._known_queues()
         return sum(int(self._run("operate", self._keys(name), [op, *selection])) for name in names)
 
+    def stop_consuming(self) -> None:
+        """Park no more, and give back (uncounted) what was handed to this worker but not fetched."""
+        back = self._parking.leave()
+        if back:
+            self.release(back)
+
     def close(self) -> None:
         try:
-            back = self._parking.leave()
-            if back:
-                self.release(back)
+            self.stop_consuming()
         finally:
             self._client.close()
 

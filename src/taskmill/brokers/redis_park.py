@@ -25,18 +25,29 @@ from taskmill.brokers.base import Delivery
 
 __all__ = ["Parking"]
 
-_MARGIN_S = 0.05  # BLPOP ends this much before the socket would time out waiting for its reply
+# BLPOP waits at most this share of the socket timeout: Redis may end a block up to ~0.1 s late,
+# and a reply that outlives the socket's timeout is a connection error (a popped row then waits
+# out its lease).
+_SOCKET_SHARE = 0.5
 
 
 class Parking:
     """The parking of one broker's waiting threads."""
 
-    def __init__(self, run: Callable[[str, list[str], list[Any]], Any], client: Any, keys: Callable[[str], list[str]]):
+    def __init__(
+        self,
+        run: Callable[[str, list[str], list[Any]], Any],
+        client: Any,
+        keys: Callable[[str], list[str]],
+        give_back: Callable[[list[Delivery]], None],
+    ):
         self._run = run  # runs one of the broker's Lua scripts
         self._client = client
         self._keys = keys
+        self._give_back = give_back  # the broker's release
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the stashes against leave() from another thread
+        self._epoch = 0  # counts leave() calls: a delivery popped across one is given back at once
         # park id -> (the pid that made it, its stash, the queues it parked on)
         self._parks: dict[str, tuple[int, collections.deque[Delivery], set[str]]] = {}
 
@@ -62,41 +73,52 @@ class Parking:
             return []
         _, stash, _ = self._mine()
         taken: list[Delivery] = []
-        for _ in range(len(stash)):
-            delivery = stash.popleft()
-            if len(taken) < limit and delivery.queue in queues:
-                taken.append(delivery)
-            else:
-                stash.append(delivery)
+        with self._lock:
+            for _ in range(len(stash)):
+                delivery = stash.popleft()
+                if len(taken) < limit and delivery.queue in queues:
+                    taken.append(delivery)
+                else:
+                    stash.append(delivery)
         return taken
 
     def keep(self, deliveries: Sequence[Delivery]) -> None:
         """Stash deliveries this thread holds but cannot take yet (its fetch got more than it asked)."""
-        self._mine()[1].extend(deliveries)
+        stash = self._mine()[1]
+        with self._lock:
+            stash.extend(deliveries)
 
     def wait(self, queues: Sequence[str], timeout: float, lease_ms: int) -> None:
         """Block up to ``timeout`` s, returning early when a fetch may find something (a handed
         delivery is then in the stash)."""
+        epoch = self._epoch
         cid, stash, parked_on = self._mine()
         if any(d.queue in queues for d in stash):
             return
-        wait_s = min(timeout, self._client.timeout - _MARGIN_S)
+        wait_s = min(timeout, self._client.timeout * _SOCKET_SHARE)
         if wait_s < 0.001:
             return
         keys = [key for queue in queues for key in self._keys(queue)]
         parked_on.update(queues)
-        wait_ms = int(self._run("park", keys, ["park", cid, os.urandom(8).hex(), lease_ms, int(wait_s * 1000)]))
+        park = ["park", cid, os.urandom(8).hex(), int(lease_ms), int(wait_s * 1000)]
+        wait_ms = int(self._run("park", keys, park))
         if wait_ms < 1:
             return  # something is fetchable now
         inboxes = {self._inbox(queue, cid): queue for queue in queues}
         reply = self._client.call("BLPOP", *inboxes, wait_ms / 1000)
         if reply and reply[1]:
-            stash.append(_delivery(inboxes[reply[0].decode()], reply[1]))
+            delivery = _delivery(inboxes[reply[0].decode()], reply[1])
+            with self._lock:
+                if self._epoch == epoch:
+                    stash.append(delivery)
+                    return
+            self._give_back([delivery])  # handed just before a leave() from another thread
 
     def leave(self) -> list[Delivery]:
         """Park no more, from any thread; what the inboxes and stashes still hold, to give back."""
         with self._lock:
             parks, self._parks = self._parks, {}
+            self._epoch += 1
         back: list[Delivery] = []
         for cid, (pid, stash, queues) in parks.items():
             if pid != os.getpid():

@@ -105,7 +105,8 @@ end
 
 -- Parked workers. An idle worker parks (park.lua): its park key '<prefix>:park:<worker id>' holds
 -- 'nonce|lease_ms' until its wait ends, its id sits in each served queue's `waiters`, and it blocks
--- in BLPOP on its inboxes, one list per queue ('<prefix>:{queue}:inbox:<worker id>'). A script
+-- in BLPOP on its inboxes, one list per queue ('<prefix>:{queue}:inbox:<worker id>'), until its
+-- park key expires (or a little after). A script
 -- that makes a message ready hands it straight to a parked worker: leased as a fetch leases it
 -- (token '<nonce>.0'), pushed onto the inbox as 'id\0token\0priority\0deliveries\0body', so the
 -- worker's wait returns with it and no fetch comes between. One message per park: the hand-off
@@ -141,7 +142,8 @@ local function hand_off(k, now)
     if not id then return end
     local cid, park = claim_waiter(k, now, now)
     if not cid then return end
-    local nonce, lease = string.match(park, '^([^|]*)|(%d+)$')
+    local nonce, lease = string.match(park, '^([^|]+)|(%d+)$')
+    if not nonce then return end  -- a park this script cannot read: hand nothing, change nothing
     local m = read_meta(k, id)
     local inbox = inbox_key(k, cid)
     redis.call('ZREM', k.ready, id)

@@ -3,7 +3,7 @@
 --   delivery-limit text, n_acks, then (queue index, id, token) per ack, then a fresh random nonce:
 --   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each;
 --   then the worker's park id ('' for none): what its inboxes hold comes first (see common.lua),
---   counted in `limit` (beyond it too: those are leased to it already).
+--   counted in `limit` (beyond it too: those are leased to it already), leased afresh from now.
 -- Returns {lost ack positions (1-based), buried, soonest, deliveries...} where soonest is, when the
 --   call leased fewer than `limit` (nothing else is ready), the ms until a delayed message or a
 --   lease falls due (-1: none; else -2), and each delivery is
@@ -61,7 +61,8 @@ if limit > 0 and cid ~= '' then
     for _, row in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
       local id, token = string.match(row, '^([^%z]*)%z([^%z]*)%z')
       local m = id and held(k, id, token)
-      if m then
+      if m then  -- its lease runs from now: it may have waited in the inbox
+        redis.call('ZADD', k.leased, now + lease, id)
         table.insert(handed, {q, id, redis.call('HGET', k.body, id) or '', m.prio, m.deliveries, token})
       end
     end

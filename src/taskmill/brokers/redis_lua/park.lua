@@ -3,7 +3,7 @@
 --   | 'leave', its id.
 -- park returns -1 when a fetch would find something now (a ready message, a delayed one or an
 --   expired lease due, or a row in its inboxes); else it parks the worker for wait_ms (shortened
---   to when the next delayed message or lease falls due) and returns that many ms.
+--   to when the next delayed message or lease falls due) and returns that many ms (at least 1).
 -- leave returns {queue index, row} for each message its inboxes still hold (the worker gives them
 --   back), and parks it no more.
 local op, cid = ARGV[1], ARGV[2]
@@ -31,11 +31,12 @@ for q = 1, n_queues do
   soonest = soonest_due(k, now, soonest)
 end
 if soonest == 0 then return -1 end
-local wait = tonumber(ARGV[5])
+local wait = math.max(tonumber(ARGV[5]), 1)
 if soonest > 0 and soonest < wait then wait = soonest end
-local ends = now + wait + 200  -- a little past the worker's own wait: a hand-off in between waits in the inbox
-redis.call('SET', park_key(queue_keys(1), cid), ARGV[3] .. '|' .. ARGV[4], 'PX', ends - now)
+-- The park ends when the worker's BLPOP would (which starts a round trip later, so outlives it): a
+-- message is handed only while the worker is still blocked on its inboxes, or about to be.
+redis.call('SET', park_key(queue_keys(1), cid), ARGV[3] .. '|' .. ARGV[4], 'PX', wait)
 for q = 1, n_queues do
-  redis.call('ZADD', queue_keys(q).waiters, ends, cid)
+  redis.call('ZADD', queue_keys(q).waiters, now + wait, cid)
 end
 return wait
