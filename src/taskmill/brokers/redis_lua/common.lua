@@ -120,9 +120,8 @@ local function park_key(k, cid)
 end
 
 -- Take a parked worker of queue k whose park lasts until at least `until_ms`: its id and park
--- value, or nil. Parks that ended are dropped on the way.
+-- value, or nil. (Parks that ended are dropped by park.lua.)
 local function claim_waiter(k, now, until_ms)
-  redis.call('ZREMRANGEBYSCORE', k.waiters, '-inf', now - 1)
   while true do
     local cid = redis.call('ZRANGEBYSCORE', k.waiters, until_ms, '+inf', 'LIMIT', 0, 1)[1]
     if not cid then return nil end
@@ -135,9 +134,11 @@ local function claim_waiter(k, now, until_ms)
   end
 end
 
--- Hand queue k's best ready messages to its parked workers, one each, while both last.
+-- Hand queue k's best ready messages to its parked workers, one each, while both last. With no
+-- worker parked (a busy system, or producers alone) it costs one command.
 local function hand_off(k, now)
   while true do
+    if not redis.call('ZRANGEBYSCORE', k.waiters, now, '+inf', 'LIMIT', 0, 1)[1] then return end
     local id = redis.call('ZRANGE', k.ready, 0, 0)[1]
     if not id then return end
     local cid, park = claim_waiter(k, now, now)

@@ -37,6 +37,8 @@ if soonest > 0 and soonest < wait then wait = soonest end
 -- message is handed only while the worker is still blocked on its inboxes, or about to be.
 redis.call('SET', park_key(queue_keys(1), cid), ARGV[3] .. '|' .. ARGV[4], 'PX', wait)
 for q = 1, n_queues do
-  redis.call('ZADD', queue_keys(q).waiters, now + wait, cid)
+  local waiters = queue_keys(q).waiters
+  redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now - 1)  -- parks that ended (their workers left or died)
+  redis.call('ZADD', waiters, now + wait, cid)
 end
 return wait
