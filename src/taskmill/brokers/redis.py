@@ -108,7 +108,7 @@ class RedisBroker(Broker):
             args.extend((index[delivery.queue], delivery.id, delivery.token))
         args.append(os.urandom(12).hex())  # this call's fencing nonce; each token adds its position
         args.append(self._parking.park_id())  # its inboxes are drained into this fetch
-        lost_positions, buried, _soonest, *rows = self._run("fetch", keys, args)
+        lost_positions, buried, *rows = self._run("fetch", keys, args)
         lost = [acks[position - 1] for position in lost_positions]
         dead_at = int(time.time() * 1000)
         self._buried.extend(

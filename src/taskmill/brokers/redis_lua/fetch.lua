@@ -4,11 +4,10 @@
 --   the n-th delivery of this call gets the token nonce .. '.' .. n, unique without a uuid each;
 --   then the worker's park id ('' for none): what its inboxes hold comes first (see common.lua),
 --   counted in `limit` (beyond it too: those are leased to it already), leased afresh from now.
--- Returns {lost ack positions (1-based), buried, soonest, deliveries...} where soonest is, when the
---   call leased fewer than `limit` (nothing else is ready), the ms until a delayed message or a
---   lease falls due (-1: none; else -2), and each delivery is
+-- Returns {lost ack positions (1-based), buried, deliveries...} where each delivery is
 --   {queue index, id, body, priority, deliveries, token} and each buried one (dead-lettered for
---   delivery_limit just now) {queue index, id, body, priority, deliveries}.
+--   delivery_limit just now) {queue index, id, body, priority, deliveries}. (When to look again
+--   is park.lua's business.)
 -- Acks and leases touch each structure with one command per queue (HMGET, ZREM, ...), not one per
 -- message: a Lua redis.call costs more than the work it does.
 local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -146,14 +145,7 @@ for q, ids in pairs(chosen) do
   end
   leased[q] = rows
 end
-local soonest = -2
-if #picked < limit then  -- the queues are empty now: say when to look again, so idle waits need no look
-  soonest = -1
-  for q = 1, n_queues do
-    soonest = soonest_due(queue_keys(q), now, soonest)
-  end
-end
-local out = {lost, buried, soonest}
+local out = {lost, buried}
 for _, row in ipairs(handed) do table.insert(out, row) end
 for _, pick in ipairs(picked) do
   local row = leased[pick[1]][pick[2]]
