@@ -113,8 +113,7 @@ class RedisClient:
     def close(self) -> None:
         """Close the idle connections; one in use is closed when it is given back."""
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self._drop_idle()
 
     # -- connections ---------------------------------------------------------------------------
     def open(self) -> Connection:
@@ -169,9 +168,7 @@ class RedisClient:
                 if conn is not None:
                     conn.close()
                 self._drop_idle()  # the server restarted or the network broke: the rest are dead too
-                if attempt == len(BACKOFF_S) or self._closed:
-                    raise BrokerUnavailable(f"Redis unavailable at {self.location}: {_describe(exc)}") from exc
-                time.sleep(BACKOFF_S[attempt])
+                self.back_off(attempt, exc)
                 continue
             except BaseException:
                 if conn is not None:
@@ -180,6 +177,12 @@ class RedisClient:
             self._give(conn)
             return replies
         raise AssertionError("unreachable")
+
+    def back_off(self, attempt: int, exc: BaseException) -> None:
+        """Wait before try ``attempt + 2`` of something that failed with ``exc``; after the last, raise."""
+        if attempt == len(BACKOFF_S) or self._closed:
+            raise BrokerUnavailable(f"Redis unavailable at {self.location}: {_describe(exc)}") from exc
+        time.sleep(BACKOFF_S[attempt])
 
     def _drop_idle(self) -> None:
         while self._idle:
@@ -334,9 +337,7 @@ class Subscription:
                 return
             except (OSError, hiredis.ProtocolError) as exc:
                 self._reset()
-                if attempt == len(BACKOFF_S):
-                    raise BrokerUnavailable(f"Redis unavailable at {self.client.location}: {_describe(exc)}") from exc
-                time.sleep(BACKOFF_S[attempt])
+                self.client.back_off(attempt, exc)
 
     def _send(self, channels: Any) -> None:
         assert self._conn is not None

@@ -72,6 +72,8 @@ class Parking:
         if not self.park_id():
             return []
         _, stash, _ = self._mine()
+        if not stash:
+            return []  # the usual case, on every fetch: no lock
         taken: list[Delivery] = []
         with self._lock:
             for _ in range(len(stash)):
