@@ -371,3 +371,30 @@ def test_amqps_checks_the_servers_certificate(rabbit: RabbitMQServer, tmp_path: 
             stranger.publish([Record(uuid.uuid4().hex, "default", b"x")])
     finally:
         stranger.close()
+
+
+# -- the pooled publishing connections ------------------------------------------------------------
+@BOTH
+def test_sends_after_the_server_closed_every_connection_need_no_retry(rabbit: RabbitMQServer, broker_url: str) -> None:
+    """Single sends go out on pooled pika connections; one the server closed while it sat idle (over a second)
+    is noticed before the send, so the send itself does not fail (RabbitMQ closes connections for many reasons)."""
+    broker = open_broker(broker_url)
+    sent = [Record(uuid.uuid4().hex, "default", b"before") for _ in range(3)]
+    try:
+        for record in sent:  # the first declares the queue; the others leave a pooled connection
+            broker.publish([record])
+        rabbit.ctl("close_all_connections", "closed by the test")
+        time.sleep(1.5)  # the Close frames reach the connections, idle long enough to be checked before reuse
+        for body in (b"after", b"after again"):
+            record = Record(uuid.uuid4().hex, "default", body)
+            broker.publish([record])  # no BrokerUnavailable: a fresh connection, on the caller's thread too
+            sent.append(record)
+        got: list[str] = []
+        deadline = time.monotonic() + 20
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            deliveries = broker.fetch(["default"], 10, 30_000)
+            assert broker.ack(deliveries) == []
+            got += [delivery.id for delivery in deliveries]
+        assert sorted(got) == sorted(record.id for record in sent)
+    finally:
+        broker.close()

@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import itertools
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from taskmill.brokers import rabbitmq_client as client
 from taskmill.brokers import rabbitmq_inspect as inspect
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
-from taskmill.brokers.rabbitmq_publish import send, send_dead
+from taskmill.brokers.rabbitmq_publish import Publishers, send, send_dead
 from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_units, parse_url
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
 
@@ -55,18 +54,16 @@ class RabbitMQBroker(Broker):
         self.channel: Any = None  # publisher confirms; declarations
         self._consumer: Any = None  # deliveries arrive here
         self._generation = 0
-        self._held: dict[str, tuple[Any, int]] = {}  # token -> (channel, delivery tag), until settled
+        self._holdings = client.Holdings()
         self._acks = client.Acker(self.aio_pika)  # on the consuming channel
-        self._buffer: list[tuple[int, int, Delivery]] = []  # received, not yet handed out
-        self._arrived = threading.Condition()
         self._consuming: dict[str, tuple[Any, str]] = {}  # queue -> (the consuming aiormq channel, consumer tag)
         self._qos = 0
         self._limit = 1
         self._published = False
-        self._order = itertools.count()
         self._connect_lock: asyncio.Lock | None = None
         self._settling: set[str] = set()  # tokens a retry, release or dead-letter is replacing
         self._pushed = asyncio.Event()  # set on the loop as each delivery reaches the buffer
+        self.publishers = Publishers(self.options, self.names, self.location)
 
     @property
     def location(self) -> str:
@@ -106,6 +103,9 @@ class RabbitMQBroker(Broker):
             self._forget()
             connection.close_callbacks.add(self._closed)
             self._consumer.close_callbacks.add(self._closed)
+            underlay = await self._consumer.get_underlay_channel()  # RabbitMQ cancels a deleted queue's consumer
+            cancels: set[Any] = getattr(underlay, "on_consumer_cancel_callbacks", set())
+            cancels.add(self._cancelled)
             self._connection = connection
 
     def _closed(self, *_: Any) -> None:
@@ -115,16 +115,20 @@ class RabbitMQBroker(Broker):
         if connection is not None and not connection.is_closed:
             self.loop.create_task(connection.close())
 
+    def _cancelled(self, frame: Any) -> None:
+        """RabbitMQ cancelled a consumer (its queue was deleted): declare and consume it again on the next fetch."""
+        for queue, (_, consumer_tag) in list(self._consuming.items()):
+            if consumer_tag == frame.consumer_tag:
+                del self._consuming[queue]
+                self.topology.reset()
+
     def _forget(self) -> None:
         self._generation += 1
         self.topology.reset()
         self._consuming.clear()
         self._qos = 0
         self._acks.reset(self._generation)
-        with self._arrived:
-            self._held.clear()
-            self._buffer.clear()
-            self._arrived.notify_all()
+        self._holdings.forget()
 
     # -- producing -----------------------------------------------------------------------------
     def publish(self, records: Sequence[Record]) -> None:
@@ -133,10 +137,23 @@ class RabbitMQBroker(Broker):
         for record in records:
             self.names.queue(record.queue)  # typed errors before any I/O
             delay_units(record.delay_ms)
-        self.call(self._publish([(record, 0) for record in records]))
+        again = None
+        if len(records) == 1 and self.topology.declared(records[0].queue, records[0].delay_ms > 0):
+            if self.publishers.publish(records[0]):  # on this thread (rabbitmq_publish says why)
+                self._published = True
+                return
+            again = records[0].queue  # not queued: its queue or a delay exchange is gone (deleted by hand?)
+        # a batch, pipelined on the loop, or a queue's first message, after its declarations
+        self.call(self._publish([(record, 0) for record in records], again))
 
-    async def _publish(self, copies: Sequence[tuple[Record, int]]) -> None:
+    async def _publish(self, copies: Sequence[tuple[Record, int]], again: str | None = None) -> None:
         await self.connect()
+        if again is not None:  # declare it afresh; consume it afresh too (RabbitMQ may not cancel our consumer)
+            self.topology.reset()
+            channel, consumer_tag = self._consuming.pop(again, (None, ""))
+            if channel is not None:
+                with contextlib.suppress(*self._acks.errors):
+                    await channel.basic_cancel(consumer_tag)
         for record, _ in copies:
             if await self.topology.main(self.channel, record.queue):
                 await inspect.register(self, record.queue)
@@ -162,7 +179,7 @@ class RabbitMQBroker(Broker):
                     await channel.basic_cancel(consumer_tag)
                     del self._consuming[queue]
         else:  # one channel-wide QoS across the queues: started but unsettled, plus free slots
-            want = len(self._held) - len(self._buffer) + self._limit
+            want = self._holdings.started() + self._limit
             if want != self._qos:
                 await self._consumer.set_qos(prefetch_count=want, global_=True)
                 self._qos = want
@@ -211,19 +228,8 @@ class RabbitMQBroker(Broker):
                 return
         token = f"{generation}.{delivery_tag}"
         delivery = Delivery(message_id, queue, record.body, record.priority, before + returned + 1, token)
-        with self._arrived:
-            self._held[token] = (channel, delivery_tag)
-            self._buffer.append((-delivery.priority, next(self._order), delivery))
-            self._arrived.notify_all()
-            self._pushed.set()
-
-    def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        with self._arrived:
-            self._buffer.sort()
-            taken = [entry for entry in self._buffer if entry[2].queue in queues][:limit]
-            for entry in taken:
-                self._buffer.remove(entry)
-            return [delivery for _, _, delivery in taken]
+        self._holdings.arrived(channel, delivery_tag, delivery)
+        self._pushed.set()
 
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         return self._take_here(queues, limit) or self.call(self._fetch(queues, limit))
@@ -231,25 +237,25 @@ class RabbitMQBroker(Broker):
     def _take_here(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Take from the buffer on the caller's thread when a fetch would make no round trip: every
         queue consumed, none of our own publishes to look for, and the QoS already right."""
-        with self._arrived:
+        with self._holdings.lock:
             if self._published or self._connection is None or any(q not in self._consuming for q in queues):
                 return []
             if self.options.queue_type == "quorum":
                 settled = self._qos >= max(limit, 1)  # a per-consumer QoS that only grows
             else:
-                settled = self._qos == len(self._held) - len(self._buffer) + max(limit, 1)
-            return self._take(queues, limit) if settled else []
+                settled = self._qos == self._holdings.started() + max(limit, 1)
+            return self._holdings.take(queues, limit) if settled else []
 
     async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         look = await self._consume(queues, limit) or self._published  # just started, or our own messages
-        taken = self._take(queues, limit)
+        taken = self._holdings.take(queues, limit)
         if len(taken) == limit or (taken and not look):
             return taken  # the rest is on its way, or not there: no round trip on a worker's busy path
         if not look:  # the acks just sent free credit: the next push is usually a round trip away
             self._pushed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pushed.wait(), 0.002)
-            if taken := self._take(queues, limit):
+            if taken := self._holdings.take(queues, limit):
                 return taken
         self._published = False
         # A passive declare on the consuming channel is a sync point: RabbitMQ writes the deliveries it
@@ -259,12 +265,12 @@ class RabbitMQBroker(Broker):
             declared = await self._consumer.declare_queue(self.names.queue(queue), passive=True)
             waiting += declared.declaration_result.message_count
         await client.arrivals()
-        taken += self._take(queues, limit - len(taken))
+        taken += self._holdings.take(queues, limit - len(taken))
         expect = min(limit, len(taken) + waiting) if look else min(1, waiting)  # quorum queues push late
         deadline = time.monotonic() + 0.05
         while len(taken) < expect and time.monotonic() < deadline:  # on its way to us, or to another
             await asyncio.sleep(0.001)
-            taken += self._take(queues, limit - len(taken))
+            taken += self._holdings.take(queues, limit - len(taken))
         return taken
 
     def ack_and_fetch(
@@ -284,23 +290,20 @@ class RabbitMQBroker(Broker):
             # only to start consuming: the QoS the last fetch set holds (acks free the slots they
             # return); redone from that fetch's limit, it counted what the fetch took twice
             self.call(self._consume(queues, self._limit))
-        with self._arrived:
-            self._arrived.wait_for(
-                lambda: any(entry[2].queue in queues for entry in self._buffer) or self._connection is None,
-                max(0.0, deadline - time.monotonic()),
-            )
+        self._holdings.wait(queues, max(0.0, deadline - time.monotonic()), lambda: self._connection is None)
 
     # -- settling ------------------------------------------------------------------------------
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
         return self.call(self._ack(deliveries)) if deliveries else []
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        held = [(delivery, self._held.pop(delivery.token, None)) for delivery in deliveries]
+        held = [(delivery, self._holdings.held.pop(delivery.token, None)) for delivery in deliveries]
         lost = [delivery for delivery, entry in held if entry is None]
         return lost + await self._acks.ack([(e[1], e[0], d) for d, e in held if e is not None], self._generation)
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
-        return [d for d in deliveries if self._held.get(d.token) is None and d.token not in self._settling]
+        held = self._holdings.held
+        return [d for d in deliveries if held.get(d.token) is None and d.token not in self._settling]
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
         delay_units(delay_ms)
@@ -321,9 +324,7 @@ class RabbitMQBroker(Broker):
     async def _settle(self, delivery: Delivery, publish: Any, delivered: int, delay_ms: int) -> None:
         """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder.
         The delivery is claimed first, so a concurrent ack or settle of it cannot ack it twice."""
-        with self._arrived:
-            held = self._held.pop(delivery.token, None)
-        if held is None:
+        if (held := self._holdings.claim(delivery.token)) is None:
             raise LeaseLost(f"message {delivery.id} was received on a connection that is gone")
         generation = int(delivery.token.partition(".")[0])
         self._settling.add(delivery.token)
@@ -335,8 +336,7 @@ class RabbitMQBroker(Broker):
             await publish(self, record, delivered)
         except BaseException:
             if generation == self._generation:  # still held: the caller may try again
-                with self._arrived:
-                    self._held[delivery.token] = held
+                self._holdings.restore(delivery.token, held)
             raise
         finally:
             self._settling.discard(delivery.token)
@@ -361,12 +361,10 @@ class RabbitMQBroker(Broker):
 
     def stop_consuming(self) -> None:
         self.call(self._stop_consuming())
-        with self._arrived:
-            buffered = [delivery for _, _, delivery in self._buffer]
-            self._buffer.clear()
-        self.release(buffered)  # uncounted, and not marked redelivered as a closed connection would
+        self.release(self._holdings.unhanded())  # uncounted, and not marked redelivered as a closed connection would
 
     def close(self) -> None:
+        self.publishers.close()
         if self._thread.is_alive():
             with contextlib.suppress(BrokerError):
                 self.stop_consuming()

@@ -10,6 +10,8 @@
   no event loop, so the ``close()`` coroutine is never awaited (a RuntimeWarning per failed
   connect, and an unclosed socket when a channel failed to open).
 - ``arrivals`` lets deliveries already read off the socket reach the broker.
+- ``Holdings`` keeps what the broker received: each delivery until settled, and those not yet
+  handed out, best priority first.
 - ``DeliveryTags`` keeps the consuming channel's delivery tags, to ack a run of them in one frame;
   ``Acker`` sends the acks, in the order they were decided.
 - ``quiet_client_repeats`` leaves out the lines aiormq logs for each failed connect (an ERROR per
@@ -24,15 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from taskmill.brokers.base import Delivery
 from taskmill.errors import ConfigurationError
 
 __all__ = [
     "Acker",
     "DeliveryTags",
+    "Holdings",
     "arrivals",
     "import_aio_pika",
     "open_channel",
@@ -89,6 +95,64 @@ async def open_channel(connection: Any, **options: Any) -> Any:
         raise
 
 
+class Holdings:
+    """What one broker received: every delivery held until settled (token -> (channel, delivery
+    tag)), and the ones not handed out yet, best priority first, then in arrival order. Any thread;
+    ``lock`` is reentrant, so a caller may hold it across several calls."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[Any, int]] = {}
+        self._buffer: list[tuple[int, int, Delivery]] = []
+        self._order = itertools.count()
+        self.lock = threading.Condition()
+
+    def forget(self) -> None:
+        """The connection is gone, and with it everything it held."""
+        with self.lock:
+            self.held.clear()
+            self._buffer.clear()
+            self.lock.notify_all()
+
+    def started(self) -> int:
+        """How many were handed out and are not settled yet."""
+        return len(self.held) - len(self._buffer)
+
+    def arrived(self, channel: Any, delivery_tag: int, delivery: Delivery) -> None:
+        with self.lock:
+            self.held[delivery.token] = (channel, delivery_tag)
+            self._buffer.append((-delivery.priority, next(self._order), delivery))
+            self.lock.notify_all()
+
+    def take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        with self.lock:
+            self._buffer.sort()
+            taken = [entry for entry in self._buffer if entry[2].queue in queues][:limit]
+            for entry in taken:
+                self._buffer.remove(entry)
+            return [delivery for _, _, delivery in taken]
+
+    def wait(self, queues: Sequence[str], timeout: float, gone: Callable[[], bool]) -> None:
+        """Until one of ``queues`` has a delivery to hand out, ``gone()`` is true, or ``timeout`` passed."""
+        with self.lock:
+            self.lock.wait_for(lambda: any(entry[2].queue in queues for entry in self._buffer) or gone(), timeout)
+
+    def claim(self, token: str) -> tuple[Any, int] | None:
+        """Take ``token`` out of the held ones (None if not held), so nobody else settles it."""
+        with self.lock:
+            return self.held.pop(token, None)
+
+    def restore(self, token: str, entry: tuple[Any, int]) -> None:
+        with self.lock:
+            self.held[token] = entry
+
+    def unhanded(self) -> list[Delivery]:
+        """Take every delivery not handed out yet (they stay held)."""
+        with self.lock:
+            deliveries = [delivery for _, _, delivery in self._buffer]
+            self._buffer.clear()
+            return deliveries
+
+
 class DeliveryTags:
     """The delivery tags one channel gave us (1, 2, 3, ... in delivery order), for ``multiple`` acks.
 
@@ -141,7 +205,7 @@ class Acker:
     def __init__(self, aio_pika: Any) -> None:
         self.tags = DeliveryTags()
         self.generation = 0
-        self._errors = (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
+        self.errors = (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError)
         self._lock: asyncio.Lock | None = None
 
     def reset(self, generation: int) -> None:
@@ -173,7 +237,7 @@ class Acker:
     async def _send(self, channel: Any, tags: list[int], generation: int) -> bool:
         try:
             await channel.basic_ack(tags[-1], multiple=len(tags) > 1, wait=False)
-        except self._errors:
+        except self.errors:
             return False
         if generation == self.generation:  # a new channel numbers from 1 again: leave its tags alone
             for tag in tags:

@@ -136,6 +136,10 @@ class Topology:
     def reset(self) -> None:
         self._done.clear()
 
+    def declared(self, queue: str, delayed: bool) -> bool:
+        """Whether a message for ``queue`` needs no declaration first (read from any thread)."""
+        return ("main", queue) in self._done and (not delayed or ("delays", queue) in self._done)
+
     def main_arguments(self, queue: str) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "x-dead-letter-exchange": self.names.dead_exchange,
