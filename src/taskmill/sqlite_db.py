@@ -31,13 +31,23 @@ def path_from_url(url: str) -> Path:
 
 
 class Database:
-    """One connection shared by a process's threads, with the schema applied on open."""
+    """One connection shared by a process's threads, with the schema applied on open.
+
+    ``synchronous`` is the level of a durable write (``write()``). A write whose loss on power
+    failure only puts the database back to an earlier state that promises nothing more (a worker's
+    ack, lease or retry: the message is delivered again) asks for ``durable=False`` and commits at
+    ``NORMAL`` at most, without waiting for the disk. WAL keeps commits in order, so a lost commit
+    takes every later one with it, and a durable commit's sync makes every earlier one durable too.
+    """
 
     def __init__(self, url: str, schema: str, *, busy_timeout: float = 30.0) -> None:
         self.path = path_from_url(url)
         synchronous = parse_qs(urlsplit(url).query).get("synchronous", ["full"])[-1].lower()
         if synchronous not in _SYNCHRONOUS:
             raise ConfigurationError(f"synchronous={synchronous!r}; choose one of {sorted(_SYNCHRONOUS)}")
+        self._level = synchronous  # the connection's setting now
+        self._durable = synchronous
+        self._lazy = "normal" if synchronous in ("full", "extra") else synchronous
         self._lock = threading.RLock()
         self._local = threading.Condition()  # wakes waiters on commits made through this connection
         self._commits = 0  # counts those commits, so a waiter cannot miss one that just happened
@@ -51,9 +61,14 @@ class Database:
             raise BrokerUnavailable(f"cannot open SQLite database at {self.path}: {exc}") from exc
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``), committed on success; waiters are woken."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success; waiters are woken.
+        ``durable=False``: see the class docstring."""
         with self._lock, _translated():
+            level = self._durable if durable else self._lazy
+            if level != self._level:
+                self._db.execute(f"PRAGMA synchronous={level}")
+                self._level = level
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db

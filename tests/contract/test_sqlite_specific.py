@@ -111,3 +111,44 @@ def test_a_row_written_by_hand_with_a_text_body_is_delivered_as_bytes(sqlite_url
             )
         [delivery] = broker.fetch(["default"], 1, 1000)
         assert delivery.body == b'{"v":1,"id":"text","actor":"a","queue":"default"}'
+
+
+SYNC_LEVELS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+
+
+@pytest.mark.parametrize(
+    ("option", "durable", "lazy"),
+    [
+        ("", "full", "normal"),
+        ("?synchronous=extra", "extra", "normal"),
+        ("?synchronous=normal", "normal", "normal"),
+        ("?synchronous=off", "off", "off"),
+    ],
+)
+def test_only_writes_a_promise_rests_on_wait_for_the_disk(
+    sqlite_path: Path, option: str, durable: str, lazy: str
+) -> None:
+    """A send (and an operator's retry or purge) commits at the URL's level; a worker's fetch, ack,
+    heartbeat, retry, release and dead letter at NORMAL at most: losing one on power failure only
+    delivers a message again, and WAL's order means a lost commit takes every later one with it."""
+    from taskmill.brokers.base import Failure
+
+    with closing(open_sqlite(f"sqlite:///{sqlite_path}{option}")) as broker:
+        level = lambda: SYNC_LEVELS[broker._database.read("PRAGMA synchronous")[0][0]]  # noqa: E731
+        broker.publish([new_record() for _ in range(4)])
+        assert level() == durable
+        deliveries = broker.fetch(DEFAULT, 4, LEASE_MS)
+        assert level() == lazy
+        for settle in (
+            lambda: broker.extend(deliveries, LEASE_MS),
+            lambda: broker.ack(deliveries[:1]),
+            lambda: broker.retry(deliveries[1], 0),
+            lambda: broker.release(deliveries[2:3]),
+            lambda: broker.dead_letter(deliveries[3], Failure("failed", "ValueError", "bad")),
+        ):
+            broker.publish([new_record()])
+            assert level() == durable
+            settle()
+            assert level() == lazy
+        assert broker.retry_dead() == 1
+        assert level() == durable

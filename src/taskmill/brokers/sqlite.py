@@ -1,7 +1,9 @@
 """sqlite:/// — the embedded default broker, safe across processes on one machine.
 
-WAL journal, ``BEGIN IMMEDIATE`` for every write, a busy timeout and ``synchronous=FULL`` (set
-``?synchronous=normal`` in the URL to trade the last commits on power loss for speed). The schema
+WAL journal, ``BEGIN IMMEDIATE`` for every write, a busy timeout and ``synchronous=FULL`` for every
+write a promise rests on (a send, an operator's retry or purge; set ``?synchronous=normal`` in the
+URL to trade the last of those on power loss for speed). A worker's acks, leases, retries and dead
+letters commit without waiting for the disk: losing them only delivers a message again. The schema
 is in ``sqlite_schema.sql`` beside this module. Times are this machine's clock, which every
 process on it shares.
 """
@@ -67,7 +69,7 @@ class SQLiteBroker(Broker):
     ) -> tuple[list[Delivery], list[Delivery]]:
         if not acks and (limit <= 0 or not queues):
             return [], []
-        with self._write() as db:
+        with self._write(durable=False) as db:
             lost = self._ack(db, acks)
             fetched = self._fetch(db, queues, limit, lease_ms) if limit > 0 and queues else []
         if fetched:
@@ -133,7 +135,7 @@ class SQLiteBroker(Broker):
                 return
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        with self._write() as db:
+        with self._write(durable=False) as db:
             return self._ack(db, deliveries)
 
     @staticmethod
@@ -149,7 +151,7 @@ class SQLiteBroker(Broker):
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         lost = []
-        with self._write() as db:
+        with self._write(durable=False) as db:
             until = now_ms() + lease_ms
             for delivery in deliveries:
                 cursor = db.execute(
@@ -161,7 +163,7 @@ class SQLiteBroker(Broker):
         return lost
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
-        with self._write() as db:
+        with self._write(durable=False) as db:
             cursor = db.execute(
                 "UPDATE taskmill_messages SET token = NULL, available_at = ? WHERE id = ? AND token = ?",
                 (now_ms() + max(delay_ms, 0), delivery.id, delivery.token),
@@ -170,7 +172,7 @@ class SQLiteBroker(Broker):
                 raise LeaseLost(f"message {delivery.id} is leased to another delivery; retry refused")
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
-        with self._write() as db:
+        with self._write(durable=False) as db:
             now = now_ms()
             db.executemany(
                 "UPDATE taskmill_messages SET token = NULL, available_at = ?, deliveries = deliveries - 1"
@@ -179,7 +181,7 @@ class SQLiteBroker(Broker):
             )
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
-        with self._write() as db:
+        with self._write(durable=False) as db:
             row = db.execute(
                 "SELECT seq FROM taskmill_messages WHERE id = ? AND token = ?", (delivery.id, delivery.token)
             ).fetchone()
