@@ -72,11 +72,11 @@ class Database:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
+                if self._db.in_transaction:  # a failed COMMIT (disk full, I/O error) leaves it open too
                     self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         with self._local:
             self._commits += 1
             self._local.notify_all()

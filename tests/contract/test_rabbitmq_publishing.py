@@ -6,7 +6,9 @@ publish is a typed error after which the broker carries on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 
 from taskmill.brokers import Broker, Delivery, Record, open_broker
 from taskmill.brokers.rabbitmq import RabbitMQBroker
-from taskmill.errors import BrokerUnavailable, ConfigurationError
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError
 from taskmill.message import new_message_id
 
 
@@ -130,9 +132,33 @@ def test_a_queue_deleted_by_hand_is_declared_again_by_the_next_send(broker: Rabb
     assert [delivery.id for delivery in drain(broker, 1)] == [later.id]
 
 
-def test_a_bad_heartbeat_is_a_configuration_error_before_any_io() -> None:
-    with pytest.raises(ConfigurationError, match="heartbeat"):
-        open_broker("amqp://guest:guest@127.0.0.1:5672/?heartbeat=soon")
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("amqp://guest:guest@127.0.0.1:99999/", ConfigurationError),
+        ("amqp://guest:guest@127.0.0.1:port/", ConfigurationError),
+    ],
+)
+def test_a_bad_url_is_a_configuration_error_before_any_io(url: str, error: type[Exception]) -> None:
+    with pytest.raises(error, match="RabbitMQ URL"):
+        open_broker(url)
+
+
+def test_a_message_id_rabbitmq_cannot_carry_is_refused_before_any_io(broker: RabbitMQBroker) -> None:
+    broker.publish([one()])
+    for batch in ([Record("é" * 200, "default", b"x")], [one(), Record("é" * 200, "default", b"x")]):
+        with pytest.raises(InvalidOptionError, match="255 bytes"):
+            broker.publish(batch)
+    assert drain(broker, 1)  # only the first one went out
+
+
+def test_a_closed_broker_refuses_sends_with_a_typed_error(url: str) -> None:
+    broker = RabbitMQBroker(url)
+    broker.publish([one()])
+    broker.close()
+    for batch in ([one()], [one(), one()]):
+        with pytest.raises(BrokerError, match="closed"):
+            broker.publish(batch)
 
 
 def test_a_missing_tls_file_is_a_configuration_error_before_any_io(tmp_path: Path) -> None:
@@ -147,4 +173,93 @@ def test_no_server_is_broker_unavailable_on_the_callers_thread() -> None:
         with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1\b"):
             broker.publish([one()])
     finally:
+        broker.close()
+
+
+class Proxy:
+    """A TCP proxy on loopback in front of RabbitMQ that can stop forwarding (a server that stopped
+    answering but keeps its connections) or cut every connection (a reset)."""
+
+    def __init__(self) -> None:
+        self.frozen = threading.Event()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", 5672))
+                self._pairs.append((client, server))
+                threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+                threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.02)
+                sink.sendall(data)
+
+    def cut(self) -> None:
+        for pair in self._pairs:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+        self._pairs.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+
+def test_a_server_that_stops_answering_fails_a_send_within_the_timeout(rabbitmq_test_url: str) -> None:
+    proxy = Proxy()
+    url = rabbitmq_test_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}") + "&timeout=1&heartbeat=0"
+    broker = RabbitMQBroker(url)
+    try:
+        broker.publish([one()])  # declared (on the loop)
+        broker.publish([one()])  # a pooled pika connection
+        proxy.frozen.set()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="no publisher confirm within 1 s"):
+            broker.publish([one()])
+        assert time.monotonic() - started < 5  # 1 s, and no wait for a Close that cannot come
+    finally:
+        proxy.frozen.clear()
+        proxy.close()
+        broker.close()
+
+
+def test_after_a_reset_at_most_one_send_fails(rabbitmq_test_url: str) -> None:
+    """A connection-level error empties the pool: the other idle connections died with it."""
+    proxy = Proxy()
+    broker = RabbitMQBroker(rabbitmq_test_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy.port}"))
+    try:
+        broker.publish([one()])
+        barrier = threading.Barrier(4)
+
+        def send() -> None:
+            barrier.wait()
+            broker.publish([one()])
+
+        threads = [threading.Thread(target=send) for _ in range(4)]  # four pooled connections
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(broker.publishers._idle) >= 2
+        proxy.cut()
+        failed = 0
+        for _ in range(4):
+            try:
+                broker.publish([one()])
+            except BrokerUnavailable:
+                failed += 1
+        assert failed <= 1
+    finally:
+        proxy.close()
         broker.close()

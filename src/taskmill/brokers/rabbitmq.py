@@ -28,7 +28,7 @@ from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Deliv
 from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
 from taskmill.brokers.rabbitmq_publish import Publishers, send, send_dead
 from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_units, parse_url
-from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, LeaseLost
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
 
 __all__ = ["RabbitMQBroker"]
 
@@ -72,6 +72,9 @@ class RabbitMQBroker(Broker):
     # -- the loop thread ----------------------------------------------------------------------
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the broker's loop; AMQP failures become taskmill errors."""
+        if not self._thread.is_alive():  # closed, or a forked child (threads do not survive a fork)
+            coroutine.close()
+            raise BrokerError("the RabbitMQ broker is closed, or this process forked from the one that opened it")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         exceptions = self.aio_pika.exceptions
         try:
@@ -119,7 +122,7 @@ class RabbitMQBroker(Broker):
         """RabbitMQ cancelled a consumer (its queue was deleted): declare and consume it again on the next fetch."""
         for queue, (_, consumer_tag) in list(self._consuming.items()):
             if consumer_tag == frame.consumer_tag:
-                del self._consuming[queue]
+                self._consuming.pop(queue, None)
                 self.topology.reset()
 
     def _forget(self) -> None:
@@ -134,11 +137,13 @@ class RabbitMQBroker(Broker):
     def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        for record in records:
-            self.names.queue(record.queue)  # typed errors before any I/O
+        for record in records:  # typed errors before any I/O
+            self.names.queue(record.queue)
             delay_units(record.delay_ms)
-        again = None
-        if len(records) == 1 and self.topology.declared(records[0].queue, records[0].delay_ms > 0):
+            if len(record.id.encode()) > 255:  # an AMQP short string
+                raise InvalidOptionError(f"message id {record.id[:40]!r}...: over 255 bytes, too long for RabbitMQ")
+        again, single = None, len(records) == 1 and self.topology.declared(records[0].queue, records[0].delay_ms > 0)
+        if single and self.publishers.available:
             if self.publishers.publish(records[0]):  # on this thread (rabbitmq_publish says why)
                 self._published = True
                 return
@@ -177,7 +182,7 @@ class RabbitMQBroker(Broker):
                 self._qos = self._limit
                 for queue, (channel, consumer_tag) in list(self._consuming.items()):
                     await channel.basic_cancel(consumer_tag)
-                    del self._consuming[queue]
+                    self._consuming.pop(queue, None)
         else:  # one channel-wide QoS across the queues: started but unsettled, plus free slots
             want = self._holdings.started() + self._limit
             if want != self._qos:
@@ -198,7 +203,8 @@ class RabbitMQBroker(Broker):
                 channel = await self._consumer.get_underlay_channel()
                 consumer_tag = f"taskmill-{uuid.uuid4().hex}"
                 await channel.basic_consume(name, received, consumer_tag=consumer_tag)
-                self._consuming[queue] = (channel, consumer_tag)
+                if consumer_tag in getattr(channel, "consumers", (consumer_tag,)):  # not cancelled at once
+                    self._consuming[queue] = (channel, consumer_tag)
         return self._qos > before[0] or len(self._consuming) > before[1]
 
     async def _received(self, message: Any, queue: str, generation: int) -> None:

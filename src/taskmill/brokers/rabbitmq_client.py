@@ -19,7 +19,10 @@
   lines). The broker raises ``BrokerUnavailable`` for both, carrying the same reason, and the
   worker logs that once per outage, with capped backoff; with the client's lines, one broker
   restart wrote 12-30 lines per worker process. Its other lines (a blocked connection, a missed
-  heartbeat) are kept.
+  heartbeat) are kept. pika, which publishes single sends, logs 3-5 ERROR lines for each connection
+  it loses and a WARNING for each returned message; every one of those failures reaches the caller
+  as a typed error (or, for a returned message, is sent again), so pika's warnings and errors from
+  its connection modules are left out too.
 """
 
 from __future__ import annotations
@@ -249,8 +252,24 @@ def _not_a_repeat(record: logging.LogRecord) -> bool:
     return not (isinstance(record.msg, str) and record.msg.startswith(_REPEATS))
 
 
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING
+
+
+_PIKA_LOGGERS = (
+    "pika.adapters.blocking_connection",
+    "pika.adapters.base_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.connection",
+)
+
+
 def quiet_client_repeats() -> None:
-    """Filter aiormq's per-attempt connection lines (once per process)."""
+    """Filter aiormq's per-attempt connection lines, and pika's failure lines (once per process)."""
     client = logging.getLogger("aiormq.connection")
     if _not_a_repeat not in client.filters:
         client.addFilter(_not_a_repeat)
+    for name in _PIKA_LOGGERS:
+        if _below_warning not in (logger := logging.getLogger(name)).filters:
+            logger.addFilter(_below_warning)
