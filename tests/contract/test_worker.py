@@ -438,3 +438,32 @@ def test_retry_accepts_a_timedelta(app: App, start_worker: Callable[..., Worker]
     start_worker(threads=1)
     wait_for(lambda: len(attempts) == 2)
     assert attempts[1] - attempts[0] >= 0.29
+
+
+def test_sends_to_an_idle_worker_keep_running_one_slot_at_a_time(app: App, start_worker: Callable[..., Worker]) -> None:
+    """A message that wakes an idle worker runs on the thread that fetched it, which hands the fetch
+    loop to a free thread: the loop must never be lost, and slots must hold."""
+    running: list[int] = []
+    most: list[int] = [0]
+    done: list[int] = []
+    lock = threading.Lock()
+
+    @app.actor
+    def slow(n: int) -> None:
+        with lock:
+            running.append(n)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(n)
+            done.append(n)
+
+    start_worker(threads=2)
+    time.sleep(0.3)  # idle: the fetch loop waits on the broker
+    for n in range(12):
+        slow.send(n)
+        time.sleep(0.01 if n % 3 else 0.2)  # now in bursts, now after the worker went idle again
+    wait_for(lambda: len(done) == 12, timeout=20)
+    assert sorted(done) == list(range(12))
+    assert most[0] <= 2
+    wait_for(lambda: app.broker.stats()[0].in_flight == 0)

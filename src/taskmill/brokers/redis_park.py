@@ -8,7 +8,8 @@ the producer's script to the worker, no notification and no fetch in between. Th
 in a stash until the worker's next fetch, which returns it without a round trip.
 
 Each thread that waits has its own park id (tests and embedders may run several consumers on one
-broker). A worker killed while parked leaves at most one leased message in its inbox; its lease
+broker, and a worker's fetch loop moves between its threads); any thread's fetch takes what was
+handed to any of them. A worker killed while parked leaves at most one leased message in its inbox; its lease
 expires and it is delivered again, as with any worker that dies holding a message. ``close`` gives
 back whatever the inboxes and stashes still hold.
 """
@@ -68,20 +69,21 @@ class Parking:
         return cid, park[1], park[2]
 
     def take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """Up to ``limit`` deliveries handed to this thread for ``queues`` (leased to it already)."""
-        if not self.park_id():
-            return []
-        _, stash, _ = self._mine()
-        if not stash:
+        """Up to ``limit`` deliveries handed to this process's parked threads for ``queues`` (leased
+        already): the thread that fetches next may not be the one that waited."""
+        pid = os.getpid()
+        stashes = [stash for owner, stash, _ in list(self._parks.values()) if stash and owner == pid]
+        if not stashes:
             return []  # the usual case, on every fetch: no lock
         taken: list[Delivery] = []
         with self._lock:
-            for _ in range(len(stash)):
-                delivery = stash.popleft()
-                if len(taken) < limit and delivery.queue in queues:
-                    taken.append(delivery)
-                else:
-                    stash.append(delivery)
+            for stash in stashes:
+                for _ in range(len(stash)):
+                    delivery = stash.popleft()
+                    if len(taken) < limit and delivery.queue in queues:
+                        taken.append(delivery)
+                    else:
+                        stash.append(delivery)
         return taken
 
     def keep(self, deliveries: Sequence[Delivery]) -> None:

@@ -2,6 +2,12 @@
 
 Prefetch is bounded by free slots: the worker never holds a message it cannot start at once, so a
 high-priority message is the next one a freed slot starts.
+
+One thread at a time runs the fetch loop; the others run messages handed to them. When the loop
+was idle and the broker wakes it with news, the fetching thread runs the first message itself and
+hands the fetch loop to a free thread instead: a message sent to an idle worker starts without a
+hand-off between threads (threads + 1 threads, at most ``threads`` of them running messages, so
+one is always free to fetch).
 """
 
 from __future__ import annotations
@@ -11,24 +17,15 @@ import logging
 import queue as queue_module
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure
 from taskmill.errors import BrokerError, DecodeError, LeaseLost
 from taskmill.message import Message
 from taskmill.middleware.retries import retry_delay
-from taskmill.worker.executor import (
-    EventLoopThread,
-    Outcome,
-    cancel_interrupt,
-    dead_letter_hooks,
-    decode,
-    describe,
-    failure_from,
-    interrupt_thread,
-    run,
-)
+from taskmill.worker.executor import EventLoopThread, Outcome, dead_letter_hooks, decode, describe, failure_from, run
+from taskmill.worker.monitor import Monitor
 
 if TYPE_CHECKING:
     from taskmill.app import App
@@ -38,6 +35,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("taskmill.worker")
 _IDLE_WAIT = 0.5  # seconds an idle fetch loop blocks in broker.wait before checking for stop
 _MAX_BACKOFF = 10.0  # seconds between attempts while the broker is unreachable
+_FETCH = Delivery("", "", b"", 0, 0, "")  # handed over like a message: "run the fetch loop now"
 
 
 class Worker:
@@ -51,11 +49,11 @@ class Worker:
         self.lease_ms = int(app.settings.lease_seconds * 1000)
         self._work: queue_module.SimpleQueue[Delivery | None] = queue_module.SimpleQueue()
         self._in_flight: dict[str, Delivery] = {}
-        self._deadlines: dict[int, float] = {}  # thread id -> monotonic deadline of its sync actor
-        self._deadline_lock = threading.Lock()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._fetch_ended = threading.Event()  # the fetch loop ended for good (stop, or burst mode's end)
+        self._monitor = Monitor(app, self.lease_ms, self._held, self._first_losses, self._stopped)
         self._loop: EventLoopThread | None = None
         self._acks: list[Delivery] = []  # finished, waiting for the fetch loop's next broker call
         self._idle = False  # the fetch loop is waiting for new messages
@@ -76,11 +74,10 @@ class Worker:
         for mw in self.app.middleware:
             mw.worker_started(self.app)
         self._pool = [
-            threading.Thread(target=self._work_loop, name=f"taskmill-worker-{i}", daemon=True)
-            for i in range(self.threads)
+            threading.Thread(target=self._worker, args=(i == 0,), name=f"taskmill-worker-{i}", daemon=True)
+            for i in range(self.threads + 1)
         ]
-        self._pool.append(threading.Thread(target=self._fetch_loop, name="taskmill-fetch", daemon=True))
-        self._pool.append(threading.Thread(target=self._monitor_loop, name="taskmill-monitor", daemon=True))
+        self._pool.append(threading.Thread(target=self._monitor.run, name="taskmill-monitor", daemon=True))
         for thread in self._pool:
             thread.start()
 
@@ -127,20 +124,19 @@ class Worker:
         if self._stopped.is_set():
             return
         self._stopping.set()
-        fetch = self._pool[self.threads] if len(self._pool) > self.threads else None
-        if fetch is not None and fetch is not threading.current_thread() and fetch.is_alive():
-            fetch.join(timeout=5)  # it may be handing acks back: flush after it is done
+        if self._pool:
+            self._fetch_ended.wait(timeout=5)  # it may be handing acks back: flush after it is done
         self._flush_acks()
-        for _ in range(self.threads):
+        for _ in range(self.threads + 1):
             self._work.put(None)
         for mw in self.app.middleware:
             mw.worker_stopped(self.app)
         if self._loop is not None:
             self._loop.close()
         self._stopped.set()
-        for thread in self._pool[self.threads :]:  # fetch and monitor: they touch the broker
-            if thread is not threading.current_thread() and thread.is_alive():  # not started: nothing to wait for
-                thread.join(timeout=5)
+        monitor = self._pool[-1] if self._pool else None  # it touches the broker
+        if monitor is not None and monitor.is_alive():  # not started: nothing to wait for
+            monitor.join(timeout=5)
 
     def _release_unstarted(self) -> None:
         try:
@@ -150,7 +146,9 @@ class Worker:
         unstarted = []
         with contextlib.suppress(queue_module.Empty):  # until the hand-over queue is empty
             while True:
-                if (delivery := self._work.get_nowait()) is not None:
+                if (delivery := self._work.get_nowait()) is _FETCH:
+                    self._fetch_ended.set()  # nobody will take the fetch loop over now
+                elif delivery is not None:
                     unstarted.append(delivery)
         if unstarted:
             try:
@@ -162,9 +160,22 @@ class Worker:
                     self._free(delivery)
 
     # -- threads -------------------------------------------------------------------------------
-    def _fetch_loop(self) -> None:
-        """Ack what finished and lease as many messages as there are free slots, in one broker call."""
-        broker, failures = self.app.broker, 0
+    def _worker(self, fetching: bool) -> None:
+        """Run what is handed over (a message, the fetch loop, or None: stop); start with the fetch loop if asked."""
+        item = _FETCH if fetching else self._work.get()
+        while item is not None:
+            if item is _FETCH:
+                item = self._fetch_loop()  # a message it kept to run here, or None: the loop ended
+                if item is None:
+                    item = self._work.get()
+                continue
+            self._run(item)
+            item = self._work.get()
+
+    def _fetch_loop(self) -> Delivery | None:
+        """Ack what finished and lease as many messages as there are free slots, in one broker call.
+        Returns a message to run on this thread when it handed the loop over; None when it ended."""
+        broker, failures, woken = self.app.broker, 0, False
         while not self._stopping.is_set():
             with self._changed:
                 while len(self._in_flight) >= self.threads and not self._stopping.is_set():
@@ -185,8 +196,11 @@ class Worker:
                 self._buried(dead)
             if deliveries:
                 failures = 0  # a whole round worked: the broker is back
-                if not self._dispatch(deliveries):
-                    break
+                hand_over = woken and not self._in_flight  # news for an idle worker
+                if hand_over and self._dispatch(deliveries, hand_over=True):
+                    return deliveries[0]  # run the first one here, with no hand-off; another thread fetches on
+                if hand_over or not self._dispatch(deliveries):
+                    break  # a stop began
                 if len(deliveries) >= free:
                     continue  # a full batch: more may be ready
             # nothing (more) is ready: wait for news rather than ask again at once
@@ -197,13 +211,17 @@ class Worker:
                     break
                 self._idle = True  # from now on finishing threads ack for themselves
             failed = self._idle_wait(broker)
+            woken = failed is None
             # back off outside idle, so finishing threads leave their acks to this loop
             failures = 0 if failed is None else self._broker_failed(failed, failures)
+        self._fetch_ended.set()
         if self.burst and not self._stopping.is_set():
             self._finish()
+        return None
 
-    def _dispatch(self, deliveries: list[Delivery]) -> bool:
-        """Hand fetched deliveries to the worker threads; False (and give them back) if a stop began."""
+    def _dispatch(self, deliveries: list[Delivery], *, hand_over: bool = False) -> bool:
+        """Hand fetched deliveries to the worker threads (with ``hand_over``, all but the first, which
+        the caller runs, and then the fetch loop); False (and give them back) if a stop began."""
         with self._changed:  # under the lock stop() waits with, so no batch slips past it
             stopping = self._stopping.is_set()
             if not stopping:
@@ -211,8 +229,10 @@ class Worker:
         if stopping:
             self.app.broker.release(deliveries)  # fetched as the stop began: give them back at once
             return False
-        for delivery in deliveries:
+        for delivery in deliveries[1:] if hand_over else deliveries:
             self._work.put(delivery)
+        if hand_over:
+            self._work.put(_FETCH)
         return True
 
     def _idle_wait(self, broker: Broker) -> Exception | None:
@@ -247,15 +267,14 @@ class Worker:
         with self._changed:
             self._acks[:0] = acks
 
-    def _work_loop(self) -> None:
-        while (delivery := self._work.get()) is not None:
-            try:
-                self._handle(delivery)
-            except BaseException:  # never let one message kill a worker thread
-                log.exception("internal error while handling message %s", delivery.id)
-            finally:
-                with self._changed:
-                    self._free(delivery)
+    def _run(self, delivery: Delivery) -> None:
+        try:
+            self._handle(delivery)
+        except BaseException:  # never let one message kill a worker thread
+            log.exception("internal error while handling message %s", delivery.id)
+        finally:
+            with self._changed:
+                self._free(delivery)
 
     def _free(self, delivery: Delivery) -> None:
         """Give up ``delivery``'s slot (``self._changed`` held): the fetch loop may fill it at once."""
@@ -264,60 +283,29 @@ class Worker:
             self._lost.discard(delivery.id)
             self._changed.notify_all()
 
-    def _monitor_loop(self) -> None:
-        """Heartbeat leases every third of the lease, and enforce sync actors' time limits."""
-        beat_every = self.lease_ms / 3000
-        next_beat = time.monotonic() + beat_every
-        while not self._stopped.wait(0.05):
-            now = time.monotonic()
-            with self._deadline_lock:
-                for thread_id, deadline in list(self._deadlines.items()):
-                    if now >= deadline:
-                        del self._deadlines[thread_id]
-                        interrupt_thread(thread_id)
-            if now < next_beat:
-                continue
-            next_beat = now + beat_every
-            with self._changed:
-                held = list(self._in_flight.values())
-            if not held:
-                continue
-            try:
-                lost = self.app.broker.extend(held, self.lease_ms)
-            except BrokerError as exc:
-                log.warning("heartbeat failed (%s); leases may expire", exc)
-                continue
-            with self._changed:  # an ack in progress is not a lost lease; warn once per delivery
-                fresh = [d for d in lost if self._in_flight.get(d.id) is d and d.id not in self._lost]
-                self._lost.update(d.id for d in fresh)
-            for delivery in fresh:
-                log.warning("lease lost on message %s; it may run elsewhere", delivery.id)
+    def _held(self) -> list[Delivery]:
+        with self._changed:
+            return list(self._in_flight.values())
+
+    def _first_losses(self, lost: list[Delivery]) -> list[Delivery]:
+        """Of the deliveries a heartbeat found lost, those still in flight and not reported yet."""
+        with self._changed:
+            fresh = [d for d in lost if self._in_flight.get(d.id) is d and d.id not in self._lost]
+            self._lost.update(d.id for d in fresh)
+            return fresh
 
     # -- one message ---------------------------------------------------------------------------
     def _handle(self, delivery: Delivery) -> None:
         outcome = decode(self.app, delivery.body)
         actor = outcome.actor
         if actor is not None and not actor.is_async and actor.options.time_limit is not None:
-            outcome = run(self.app, outcome, self._loop, self._time_limit(actor.options.time_limit))
+            outcome = run(self.app, outcome, self._loop, self._monitor.time_limit(actor.options.time_limit))
         else:
             outcome = run(self.app, outcome, self._loop)
         try:
             self._settle(delivery, outcome)
         except LeaseLost:
             log.warning("message %s: lease lost before it was settled; another worker has it", delivery.id)
-
-    @contextlib.contextmanager
-    def _time_limit(self, seconds: float) -> Iterator[None]:
-        """Arm this thread's deadline for the monitor; disarm it, withdrawing an interrupt not yet raised."""
-        ident = threading.get_ident()
-        with self._deadline_lock:  # a plain Lock: its C-level enter leaves no gap for the interrupt
-            self._deadlines[ident] = time.monotonic() + seconds
-        try:
-            yield
-        finally:
-            with self._deadline_lock:
-                self._deadlines.pop(ident, None)
-                cancel_interrupt(ident)
 
     def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         broker, actor, settings = self.app.broker, outcome.actor, self.app.settings
