@@ -196,7 +196,7 @@ def test_a_handed_delivery_whose_lease_was_lost_cannot_be_acked(url: str, broker
         producer.publish([record()])
 
     threading.Thread(target=publish_once_parked, daemon=True).start()
-    worker.wait(["default"], 10.0)  # here: the stash is the waiting thread's, as in a worker's fetch loop
+    worker.wait(["default"], 10.0)  # the handed delivery waits in the stash for this process's next fetch
     time.sleep(0.3)
     (stolen,) = producer.fetch(["default"], 1, LEASE_MS)  # the lease expired: fetched again
     (handed,) = worker.fetch(["default"], 8, LEASE_MS)
@@ -256,3 +256,38 @@ def test_a_park_that_cannot_be_read_hands_nothing_and_loses_nothing(url: str, br
     assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]
     (got,) = producer.fetch(["default"], 1, LEASE_MS)
     assert got.id == sent.id
+
+
+def test_a_delivery_handed_to_one_thread_is_fetched_by_another(url: str, brokers: list) -> None:
+    """A worker's fetch loop moves between its threads: what was handed to the thread that waited
+    is taken by the next fetch, whichever thread makes it."""
+    worker, producer = new(url, brokers), new(url, brokers)
+    assert worker.fetch(["default"], 8, LEASE_MS) == []
+    sent = record()
+
+    def publish_once_parked() -> None:
+        settle_parking(worker, ["default"])
+        producer.publish([sent])
+
+    threading.Thread(target=publish_once_parked, daemon=True).start()
+    waiter = threading.Thread(target=worker.wait, args=(["default"], 10.0))
+    waiter.start()
+    waiter.join(15)
+    (got,) = worker.fetch(["default"], 8, LEASE_MS)  # this thread never waited
+    assert (got.id, got.deliveries) == (sent.id, 1)
+    assert worker.ack([got]) == []
+
+
+def test_a_worker_told_to_fetch_now_is_parked_no_more(url: str, brokers: list) -> None:
+    """A park left behind (its BLPOP failed) ends when the worker parks again and is told to fetch:
+    otherwise a publish could hand a message to a thread that no longer fetches."""
+    worker, producer = new(url, brokers), new(url, brokers)
+    keys = worker._keys("default")
+    cid = uuid.uuid4().hex[:16]
+    assert int(worker._run("park", keys, ["park", cid, "n1", LEASE_MS, 5000])) > 0  # parked; never BLPOPs
+    worker._client.call("RPUSH", f"{keys[0][: -len('ready')]}inbox:{cid}", "")  # something to fetch now
+    assert int(worker._run("park", keys, ["park", cid, "n2", LEASE_MS, 5000])) == -1
+    assert worker._client.call("ZSCORE", keys[8], cid) is None
+    producer.publish([sent := record()])
+    assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]  # handed to nobody
+    assert [d.id for d in producer.fetch(["default"], 8, LEASE_MS)] == [sent.id]

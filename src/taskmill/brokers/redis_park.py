@@ -97,8 +97,9 @@ class Parking:
         delivery is then in the stash)."""
         epoch = self._epoch
         cid, stash, parked_on = self._mine()
-        if any(d.queue in queues for d in stash):
-            return
+        with self._lock:  # another thread's take() may be changing it
+            if any(d.queue in queues for d in stash):
+                return
         wait_s = min(timeout, self._client.timeout * _SOCKET_SHARE)
         if wait_s < 0.001:
             return
@@ -120,14 +121,17 @@ class Parking:
 
     def leave(self) -> list[Delivery]:
         """Park no more, from any thread; what the inboxes and stashes still hold, to give back."""
-        with self._lock:
+        back: list[Delivery] = []
+        with self._lock:  # the stashes are emptied under it, so no take() gets what is given back
             parks, self._parks = self._parks, {}
             self._epoch += 1
-        back: list[Delivery] = []
-        for cid, (pid, stash, queues) in parks.items():
+            for pid, stash, _ in parks.values():
+                if pid == os.getpid():
+                    back.extend(stash)
+                    stash.clear()
+        for cid, (pid, _, queues) in parks.items():
             if pid != os.getpid():
                 continue  # a parent's park, seen in a forked child: the parent's to give back
-            back.extend(stash)
             if queues:
                 order = sorted(queues)
                 rows = self._run("park", [key for queue in order for key in self._keys(queue)], ["leave", cid])

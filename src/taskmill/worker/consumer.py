@@ -7,7 +7,7 @@ One thread at a time runs the fetch loop; the others run messages handed to them
 was idle and the broker wakes it with news, the fetching thread runs the first message itself and
 hands the fetch loop to a free thread instead: a message sent to an idle worker starts without a
 hand-off between threads (threads + 1 threads, at most ``threads`` of them running messages, so
-one is always free to fetch).
+one is free to fetch once the others have settled theirs).
 """
 
 from __future__ import annotations
@@ -165,7 +165,14 @@ class Worker:
         item = _FETCH if fetching else self._work.get()
         while item is not None:
             if item is _FETCH:
-                item = self._fetch_loop()  # a message it kept to run here, or None: the loop ended
+                try:
+                    item = self._fetch_loop()  # a message it kept to run here, or None: the loop ended
+                except BaseException:  # never let the fetch loop end with its role unpassed
+                    log.exception("internal error in the fetch loop")
+                    if not self._stopping.wait(1.0):
+                        continue  # item is still _FETCH: run the loop again
+                    self._fetch_ended.set()
+                    item = None
                 if item is None:
                     item = self._work.get()
                 continue
@@ -191,12 +198,13 @@ class Worker:
                 self._return_acks(acks)
                 failures = self._broker_failed(exc, failures)
                 continue
+            was_woken, woken = woken, False
             _log_lost_acks(lost)
             for dead in broker.take_buried():
                 self._buried(dead)
             if deliveries:
                 failures = 0  # a whole round worked: the broker is back
-                hand_over = woken and not self._in_flight  # news for an idle worker
+                hand_over = was_woken and not self._in_flight  # news for an idle worker
                 if hand_over and self._dispatch(deliveries, hand_over=True):
                     return deliveries[0]  # run the first one here, with no hand-off; another thread fetches on
                 if hand_over or not self._dispatch(deliveries):
@@ -226,8 +234,11 @@ class Worker:
             stopping = self._stopping.is_set()
             if not stopping:
                 self._in_flight.update((d.id, d) for d in deliveries)
-        if stopping:
-            self.app.broker.release(deliveries)  # fetched as the stop began: give them back at once
+        if stopping:  # fetched as the stop began: give them back at once (or they come back with their leases)
+            try:
+                self.app.broker.release(deliveries)
+            except BrokerError as exc:
+                log.warning("could not give back %d messages fetched as the stop began (%s)", len(deliveries), exc)
             return False
         for delivery in deliveries[1:] if hand_over else deliveries:
             self._work.put(delivery)

@@ -24,6 +24,10 @@ if op == 'leave' then
 end
 
 local now = now_ms()
+-- An earlier park of this worker ends here (a wait whose BLPOP failed leaves one): a worker that is
+-- told to fetch now may not wait again soon (its fetch loop may move to another thread).
+redis.call('DEL', park_key(queue_keys(1), cid))
+for q = 1, n_queues do redis.call('ZREM', queue_keys(q).waiters, cid) end
 local soonest = -1
 for q = 1, n_queues do
   local k = queue_keys(q)
