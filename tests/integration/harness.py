@@ -852,10 +852,16 @@ def thread_crashes(worker: WorkerProcess) -> list[str]:
     return [line for line in worker.output().splitlines() if line.startswith("Exception in thread")]
 
 
-def wait_all_completed(ledger: Ledger, count: int, timeout: float, *logs: WorkerProcess) -> None:
-    """``wait_completed``; on timeout, the count reached, each worker's thread crashes and its log tail."""
+def wait_all_completed(ledger: Ledger, count: int | set[str], timeout: float, *logs: WorkerProcess) -> None:
+    """``wait_completed`` for a count of ids, or until every id of a set completed (a count can be reached
+    early by an id that was not counted in: a send that raised yet landed); on timeout, the count
+    reached, each worker's thread crashes and its log tail."""
     try:
-        wait_completed(ledger, count, timeout)
+        if isinstance(count, set):
+            keys = count
+            wait_until(lambda: keys <= ledger.completed_ids(), timeout, f"{len(keys)} given ids to complete")
+        else:
+            wait_completed(ledger, count, timeout)
     except AssertionError as exc:
         parts = [f"{exc}; got {ledger.completed_count()}"]
         parts += [f"--- {w.output_path.name}: {thread_crashes(w)}; tail:\n{w.output()[-2500:]}" for w in logs]

@@ -136,6 +136,10 @@ class Ledger:
         """Distinct ids with an end row."""
         return int(self._query("SELECT COUNT(DISTINCT id) FROM completions")[0][0])
 
+    def completed_ids(self) -> set[str]:
+        """The ids with an end row."""
+        return {row[0] for row in self._query("SELECT DISTINCT id FROM completions")}
+
     def executions(self) -> list[Execution]:
         """Every execution in start order, with its end time if it reached its end row."""
         rows = self._query(

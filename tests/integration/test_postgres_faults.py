@@ -178,7 +178,7 @@ def test_busy_and_idle_workers_ride_out_a_postgres_kill_and_restart(
     sender.join(60)
     assert sender.other_errors == [], "a send failed with an error other than BrokerUnavailable"
     said = sorted({message.split("\n")[0][:90] for message in sender.unavailable_messages})
-    wait_all_completed(ledger, len(sender.ok) + 1, 30, busy, idle)
+    wait_all_completed(ledger, {key for key, _ in sender.ok} | {idle_key}, 30, busy, idle)
     outage = Outage.measure(ledger, sender, idle_key, killed_at, up_at)
     busy_flood, idle_flood = outage_lines(busy), outage_lines(idle)
     print(
