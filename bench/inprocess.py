@@ -1,6 +1,7 @@
 """A taskmill worker in this process, for A/B work on the hot path (not part of bench/run.sh).
 
     bench/.venv/bin/python bench/inprocess.py drain [N] [URL]     # no-op drain rate, fetch batch sizes
+    bench/.venv/bin/python bench/inprocess.py iodrain [N] [URL]   # the same with tasks that sleep 10 ms
     bench/.venv/bin/python bench/inprocess.py latency [N] [URL]   # where enqueue-to-start time goes
 
 URL defaults to redis://127.0.0.1:6379/13 (flushed first); amqp://, postgresql:// and sqlite:///
@@ -46,12 +47,19 @@ def make_app(url: str) -> tuple[taskmill.App, Any, Any]:
         record(uid, n)
 
     @app.actor
+    def io(uid: str, n: int) -> None:
+        time.sleep(0.01)
+        record(uid, n)
+
+    @app.actor
     def lat(sent: float) -> None:
         MARKS.append((sent, STAGE.get("wake", 0.0), STAGE.get("fetched", 0.0), time.time()))
 
+    NOOPS["io"] = io
     return app, noop, lat
 
 
+NOOPS: dict[str, Any] = {}
 MARKS: list[tuple[float, float, float, float]] = []
 STAGE: dict[str, float] = {}
 
@@ -62,10 +70,11 @@ def quiet_logging() -> None:
     handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 -- lives as long as the process
 
 
-def drain(n: int, url: str) -> None:
+def drain(n: int, url: str, io: bool = False) -> None:
     app, noop, _ = make_app(url)
+    actor = NOOPS["io"] if io else noop
     redis_client().delete(EXECS, IDS, "bench:done", "bench:first")
-    app.enqueue([noop.message(f"u{i}", n) for i in range(n)])
+    app.enqueue([actor.message(f"u{i}", n) for i in range(n)])
     quiet_logging()
     sizes: collections.Counter[int] = collections.Counter()
     fetch = app.broker.ack_and_fetch
@@ -77,16 +86,21 @@ def drain(n: int, url: str) -> None:
 
     app.broker.ack_and_fetch = counted  # type: ignore[method-assign]
     worker = Worker(app, threads=8)
-    started = time.perf_counter()
     worker.start()
+    while (first := int(redis_client().get(EXECS) or 0)) < 1:  # start-up is not counted
+        time.sleep(0.001)
+    started, cpu = time.perf_counter(), time.process_time()
     while int(redis_client().get(EXECS) or 0) < n:
         time.sleep(0.01)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     worker.stop()
     app.close()
     calls = sum(sizes.values())
     mean = sum(k * v for k, v in sizes.items()) / calls
-    print(f"{n / seconds:,.0f} msgs/s; {calls} fetches, {mean:.2f} per fetch: {dict(sorted(sizes.items()))}")
+    print(
+        f"{(n - first) / seconds:,.0f} msgs/s, {cpu / (n - first) * 1e6:.0f} us CPU each; "
+        f"{calls} fetches, {mean:.2f} per fetch: {dict(sorted(sizes.items()))}"
+    )
 
 
 def latency(n: int, url: str) -> None:
@@ -143,6 +157,11 @@ def make_app_no_flush(url: str) -> tuple[taskmill.App, Any, Any]:
     app = taskmill.App(url)
 
     @app.actor
+    def io(uid: str, n: int) -> None:
+        time.sleep(0.01)
+        record(uid, n)
+
+    @app.actor
     def lat(sent: float) -> None: ...
 
     return app, None, lat
@@ -152,6 +171,9 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "drain"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else (20_000 if mode == "drain" else 300)
     url = sys.argv[3] if len(sys.argv) > 3 else DEFAULT_URL
+    if mode == "iodrain":
+        drain(n if len(sys.argv) > 2 else 2_000, url, io=True)
+        return
     {"drain": drain, "latency": latency}[mode](n, url)
 
 

@@ -467,3 +467,34 @@ def test_sends_to_an_idle_worker_keep_running_one_slot_at_a_time(app: App, start
     assert sorted(done) == list(range(12))
     assert most[0] <= 2
     wait_for(lambda: app.broker.stats()[0].in_flight == 0)
+
+
+def test_a_busy_worker_fetches_on_the_thread_that_frees_a_slot(app: App, start_worker: Callable[..., Worker]) -> None:
+    """With every slot busy nobody waits to fetch: the thread that frees a slot acks and fetches the
+    next message itself. A message holding one slot must not stall the backlog in the other, the
+    acks must not wait for it, and a stop while every slot is busy returns once they finish."""
+    gate = threading.Event()
+    done: list[int] = []
+
+    @app.actor
+    def work(n: int) -> None:
+        if n <= 0:
+            gate.wait(10)
+        done.append(n)
+
+    work.send(0)
+    worker = start_worker(threads=2)
+    wait_for(lambda: worker.in_flight == 1)
+    app.enqueue([work.message(n) for n in range(1, 41)])
+    wait_for(lambda: len(done) == 40)
+    assert sorted(done) == list(range(1, 41))
+    wait_for(lambda: app.broker.stats()[0].in_flight <= 1)  # the 40 acked while 0 holds its slot (RabbitMQ: 0)
+    work.send(-1)
+    wait_for(lambda: worker.in_flight == 2)
+    began = time.monotonic()
+    threading.Timer(0.2, gate.set).start()
+    assert worker.stop(grace=5) is True
+    assert time.monotonic() - began < 4  # not the 5 s a stop waits for a fetch loop nobody runs
+    assert sorted(done) == list(range(-1, 41))
+    stats = app.broker.stats()[0]
+    assert (stats.ready, stats.in_flight) == (0, 0)

@@ -3,11 +3,13 @@
 Prefetch is bounded by free slots: the worker never holds a message it cannot start at once, so a
 high-priority message is the next one a freed slot starts.
 
-One thread at a time runs the fetch loop; the others run messages handed to them. When the loop
-was idle and the broker wakes it with news, the fetching thread runs the first message itself and
-hands the fetch loop to a free thread instead: a message sent to an idle worker starts without a
-hand-off between threads (threads + 1 threads, at most ``threads`` of them running messages, so
-one is free to fetch once the others have settled theirs).
+One thread at a time runs the fetch loop; the others run messages handed to them. The loop does
+not wait for a slot to free: when a batch fills the last free slot, the fetching thread runs its
+first message itself and leaves the loop to whichever thread frees a slot next, which acks and
+fetches on its own thread (on a busy worker a message starts where the last one finished, with no
+hand-off between threads). When the loop was idle and the broker wakes it with news, the fetching
+thread likewise runs the first message itself and hands the loop to a free thread (threads + 1
+threads, at most ``threads`` of them running messages, so one is free to fetch).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from taskmill.brokers.base import Broker, DeadLetter, Delivery, Failure
-from taskmill.errors import BrokerError, DecodeError, LeaseLost
-from taskmill.message import Message
+from taskmill.brokers.base import Broker, Delivery, Failure
+from taskmill.errors import BrokerError, LeaseLost
 from taskmill.middleware.retries import retry_delay
-from taskmill.worker.executor import EventLoopThread, Outcome, dead_letter_hooks, decode, describe, failure_from, run
+from taskmill.worker import executor
+from taskmill.worker.executor import EventLoopThread, Outcome
 from taskmill.worker.monitor import Monitor
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ class Worker:
         self._acks: list[Delivery] = []  # finished, waiting for the fetch loop's next broker call
         self._idle = False  # the fetch loop is waiting for new messages
         self._flushing = False  # a worker thread is acking for the idle fetch loop
+        self._role_free = False  # nobody runs the fetch loop: the next thread to free a slot takes it
+        self._taker = 0  # the thread that took it, until it starts the loop
         self._lost: set[str] = set()  # ids whose lease a heartbeat found lost (logged once)
         self._pool: list[threading.Thread] = []
 
@@ -150,6 +154,9 @@ class Worker:
                     self._fetch_ended.set()  # nobody will take the fetch loop over now
                 elif delivery is not None:
                     unstarted.append(delivery)
+        with self._changed:
+            if self._role_free:  # nobody will take it now (_free checks for the stop)
+                self._fetch_ended.set()
         if unstarted:
             try:
                 self.app.broker.release(unstarted)
@@ -162,9 +169,11 @@ class Worker:
     # -- threads -------------------------------------------------------------------------------
     def _worker(self, fetching: bool) -> None:
         """Run what is handed over (a message, the fetch loop, or None: stop); start with the fetch loop if asked."""
+        me = threading.get_ident()
         item = _FETCH if fetching else self._work.get()
         while item is not None:
             if item is _FETCH:
+                self._taker = 0  # taken (or handed over): until it leaves the loop, nobody takes it
                 try:
                     item = self._fetch_loop()  # a message it kept to run here, or None: the loop ended
                 except BaseException:  # never let the fetch loop end with its role unpassed
@@ -177,17 +186,19 @@ class Worker:
                     item = self._work.get()
                 continue
             self._run(item)
-            item = self._work.get()
+            item = _FETCH if self._taker == me else self._work.get()  # freeing its slot, it may have taken the loop
 
     def _fetch_loop(self) -> Delivery | None:
         """Ack what finished and lease as many messages as there are free slots, in one broker call.
-        Returns a message to run on this thread when it handed the loop over; None when it ended."""
+        Returns a message to run on this thread when it left the loop to another; None when it left
+        the loop with no slot free, or the loop ended."""
         broker, failures, woken = self.app.broker, 0, False
         while not self._stopping.is_set():
             with self._changed:
-                while len(self._in_flight) >= self.threads and not self._stopping.is_set():
-                    self._changed.wait(0.5)
                 free = self.threads - len(self._in_flight)
+                if free <= 0 and not self._stopping.is_set():
+                    self._role_free = True  # the next thread to free a slot fetches for it
+                    return None
                 acks, self._acks = self._acks, []
             if self._stopping.is_set():
                 self._return_acks(acks)
@@ -199,16 +210,15 @@ class Worker:
                 failures = self._broker_failed(exc, failures)
                 continue
             was_woken, woken = woken, False
-            _log_lost_acks(lost)
+            executor.log_lost_acks(lost)
             for dead in broker.take_buried():
-                self._buried(dead)
+                executor.buried(self.app, dead)
             if deliveries:
                 failures = 0  # a whole round worked: the broker is back
-                hand_over = was_woken and not self._in_flight  # news for an idle worker
-                if hand_over and self._dispatch(deliveries, hand_over=True):
-                    return deliveries[0]  # run the first one here, with no hand-off; another thread fetches on
-                if hand_over or not self._dispatch(deliveries):
-                    break  # a stop began
+                if (kept := self._dispatch(deliveries, was_woken)) is not None:
+                    return kept  # run it here, with no hand-off; another thread fetches on
+                if self._stopping.is_set():
+                    break
                 if len(deliveries) >= free:
                     continue  # a full batch: more may be ready
             # nothing (more) is ready: wait for news rather than ask again at once
@@ -227,24 +237,28 @@ class Worker:
             self._finish()
         return None
 
-    def _dispatch(self, deliveries: list[Delivery], *, hand_over: bool = False) -> bool:
-        """Hand fetched deliveries to the worker threads (with ``hand_over``, all but the first, which
-        the caller runs, and then the fetch loop); False (and give them back) if a stop began."""
+    def _dispatch(self, deliveries: list[Delivery], woken: bool) -> Delivery | None:
+        """Hand fetched deliveries to the worker threads. Returns the first, for the caller to run as it
+        leaves the fetch loop, when they fill the last free slot (the loop waits for the next thread
+        to free one) or they are news for an idle worker (``woken``: a free thread takes the loop
+        over); None when the loop goes on here, or a stop began (they are given back)."""
         with self._changed:  # under the lock stop() waits with, so no batch slips past it
-            stopping = self._stopping.is_set()
-            if not stopping:
+            if not (stopping := self._stopping.is_set()):
+                hand_over = woken and not self._in_flight
                 self._in_flight.update((d.id, d) for d in deliveries)
+                self._role_free = full = len(self._in_flight) >= self.threads
         if stopping:  # fetched as the stop began: give them back at once (or they come back with their leases)
             try:
                 self.app.broker.release(deliveries)
             except BrokerError as exc:
                 log.warning("could not give back %d messages fetched as the stop began (%s)", len(deliveries), exc)
-            return False
-        for delivery in deliveries[1:] if hand_over else deliveries:
+            return None
+        kept = deliveries[0] if full or hand_over else None
+        for delivery in deliveries[1:] if kept else deliveries:
             self._work.put(delivery)
-        if hand_over:
+        if kept and not full:
             self._work.put(_FETCH)
-        return True
+        return kept
 
     def _idle_wait(self, broker: Broker) -> Exception | None:
         """Wait for new messages; the broker's error if the wait failed."""
@@ -292,6 +306,8 @@ class Worker:
         if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
             del self._in_flight[delivery.id]
             self._lost.discard(delivery.id)
+            if self._role_free and not self._stopping.is_set():  # fetch next on this thread
+                self._role_free, self._taker = False, threading.get_ident()
             self._changed.notify_all()
 
     def _held(self) -> list[Delivery]:
@@ -307,12 +323,12 @@ class Worker:
 
     # -- one message ---------------------------------------------------------------------------
     def _handle(self, delivery: Delivery) -> None:
-        outcome = decode(self.app, delivery.body)
+        outcome = executor.decode(self.app, delivery.body)
         actor = outcome.actor
         if actor is not None and not actor.is_async and actor.options.time_limit is not None:
-            outcome = run(self.app, outcome, self._loop, self._monitor.time_limit(actor.options.time_limit))
+            outcome = executor.run(self.app, outcome, self._loop, self._monitor.time_limit(actor.options.time_limit))
         else:
-            outcome = run(self.app, outcome, self._loop)
+            outcome = executor.run(self.app, outcome, self._loop)
         try:
             self._settle(delivery, outcome)
         except LeaseLost:
@@ -324,10 +340,10 @@ class Worker:
         if outcome.error is None and outcome.rejected is None:
             self._ack(delivery)
             if logger.isEnabledFor(logging.INFO):  # the common line: skip even describe() when it is off
-                where = describe(delivery, outcome, settings.log_args, settings.log_args_max)
+                where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
                 logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
             return
-        where = describe(delivery, outcome, settings.log_args, settings.log_args_max)
+        where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
             self._dead_letter(delivery, outcome.rejected, outcome)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
@@ -341,7 +357,7 @@ class Worker:
             logger.exception("%s: retry_when failed; dead-lettering the message", where)
             delay = None
         if delay is None:
-            self._dead_letter(delivery, failure_from("failed", error), outcome)
+            self._dead_letter(delivery, executor.failure_from("failed", error), outcome)
             logger.error("%s failed for good with %s: %s", where, type(error).__qualname__, error, exc_info=error)
             return
         broker.retry(delivery, int(delay * 1000))
@@ -369,7 +385,7 @@ class Worker:
             if not batch:
                 return
             try:
-                _log_lost_acks(self.app.broker.ack(batch))
+                executor.log_lost_acks(self.app.broker.ack(batch))
             except BrokerError as exc:
                 log.warning("ack of %d messages failed (%s); the fetch loop retries it", len(batch), exc)
                 self._return_acks(batch)
@@ -379,19 +395,5 @@ class Worker:
         if self.app.broker.extend([delivery], self.lease_ms):  # fenced: a stale holder must not fail the result
             raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
         # hooks before the move: a crash in between loses nothing
-        dead_letter_hooks(self.app, delivery.id, outcome.message, failure)
+        executor.dead_letter_hooks(self.app, delivery.id, outcome.message, failure)
         self.app.broker.dead_letter(delivery, failure)
-
-    def _buried(self, dead: DeadLetter) -> None:
-        """The broker's crash guard dead-lettered a message while fetching: run the hooks for it."""
-        try:
-            message: Message | None = Message.decode(dead.body)
-        except DecodeError:
-            message = None
-        log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
-        dead_letter_hooks(self.app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
-
-
-def _log_lost_acks(lost: list[Delivery]) -> None:
-    for delivery in lost:
-        log.warning("message %s: lease lost before its ack; it may have run twice", delivery.id)

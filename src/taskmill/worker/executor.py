@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskmill import encoding
-from taskmill.brokers.base import Delivery, Failure
+from taskmill.brokers.base import DeadLetter, Delivery, Failure
 from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
 from taskmill.middleware.base import overriding
@@ -135,6 +135,21 @@ def dead_letter_hooks(app: App, message_id: str, message: Message | None, failur
         except Exception:
             name = type(hook.__self__).__name__
             log.exception("middleware %s failed in before_dead_letter for %s", name, message_id)
+
+
+def buried(app: App, dead: DeadLetter) -> None:
+    """The broker's crash guard dead-lettered a message while fetching: log it and run the hooks."""
+    try:
+        message: Message | None = Message.decode(dead.body)
+    except DecodeError:
+        message = None
+    log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
+    dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+
+
+def log_lost_acks(lost: list[Delivery]) -> None:
+    for delivery in lost:
+        log.warning("message %s: lease lost before its ack; it may have run twice", delivery.id)
 
 
 def execute(app: App, body: bytes, loop: EventLoopThread | None) -> Outcome:
