@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from taskmill import App, Retry, Worker
 from taskmill.brokers import Broker, Record
+from taskmill.errors import BrokerError
 
 
 @pytest.fixture
@@ -498,3 +500,49 @@ def test_a_busy_worker_fetches_on_the_thread_that_frees_a_slot(app: App, start_w
     assert sorted(done) == list(range(-1, 41))
     stats = app.broker.stats()[0]
     assert (stats.ready, stats.in_flight) == (0, 0)
+
+
+def test_an_ack_that_failed_while_every_slot_filled_is_sent_again_at_once(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    """A finished message's ack fails to send (a broker blip) just as the worker fills every slot
+    with long messages: the ack must not wait for them (its lease is no longer renewed, so it would
+    come back and run twice). The broker is real; only that one ack call is made to fail."""
+    broker, gate = app.broker, threading.Event()
+    acked: list[str] = []
+    ack, ack_and_fetch = broker.ack, broker.ack_and_fetch
+    failed: list[bool] = []
+
+    def failing_ack(deliveries: list[Any]) -> Any:
+        if not failed:
+            failed.append(True)
+            work.send("b")
+            work.send("c")
+            with contextlib.suppress(AssertionError):  # RabbitMQ delivers c only after a's ack: a holds prefetch
+                wait_for(lambda: worker.in_flight == 2, timeout=2)  # both slots filled while this send fails
+            raise BrokerError("connection reset (injected)")
+        acked.extend(d.id for d in deliveries)
+        return ack(deliveries)
+
+    def recording_ack_and_fetch(deliveries: list[Any], *args: Any) -> Any:
+        result = ack_and_fetch(deliveries, *args)
+        acked.extend(d.id for d in deliveries)
+        return result
+
+    @app.actor
+    def work(tag: str) -> None:
+        if tag != "a":
+            gate.wait(10)
+        else:
+            time.sleep(0.3)  # the fetch loop goes idle meanwhile: a's own thread acks it
+
+    broker.ack, broker.ack_and_fetch = failing_ack, recording_ack_and_fetch  # type: ignore[method-assign,assignment]
+    worker = start_worker(threads=2)
+    time.sleep(0.3)  # idle: a finished message is acked by its own thread
+    first = work.send("a")
+    try:
+        wait_for(lambda: first.id in acked, timeout=5)  # while b and c still hold both slots
+        assert failed
+        wait_for(lambda: worker.in_flight == 2)
+    finally:
+        gate.set()

@@ -3,13 +3,11 @@
 Prefetch is bounded by free slots: the worker never holds a message it cannot start at once, so a
 high-priority message is the next one a freed slot starts.
 
-One thread at a time runs the fetch loop; the others run messages handed to them. The loop does
-not wait for a slot to free: when a batch fills the last free slot, the fetching thread runs its
-first message itself and leaves the loop to whichever thread frees a slot next, which acks and
-fetches on its own thread (on a busy worker a message starts where the last one finished, with no
-hand-off between threads). When the loop was idle and the broker wakes it with news, the fetching
-thread likewise runs the first message itself and hands the loop to a free thread (threads + 1
-threads, at most ``threads`` of them running messages, so one is free to fetch).
+One thread at a time runs the fetch loop; the others run messages handed to them. When a batch
+fills the last free slot, the fetching thread runs its first message and leaves the loop to the
+next thread that frees a slot, which acks and fetches itself: a busy worker starts messages with
+no hand-off between threads. When the broker wakes an idle loop, the fetching thread runs the
+first message and hands the loop to a free thread (threads + 1 threads, so one is free to fetch).
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from taskmill.brokers.base import Broker, Delivery, Failure
+from taskmill.brokers.base import Broker, Delivery
 from taskmill.errors import BrokerError, LeaseLost
 from taskmill.middleware.retries import retry_delay
 from taskmill.worker import executor
@@ -196,7 +194,7 @@ class Worker:
         while not self._stopping.is_set():
             with self._changed:
                 free = self.threads - len(self._in_flight)
-                if free <= 0 and not self._stopping.is_set():
+                if free <= 0 and not self._stopping.is_set() and not self._acks:
                     self._role_free = True  # the next thread to free a slot fetches for it
                     return None
                 acks, self._acks = self._acks, []
@@ -204,7 +202,10 @@ class Worker:
                 self._return_acks(acks)
                 break
             try:
-                lost, deliveries = broker.ack_and_fetch(acks, self.queues, free, self.lease_ms)
+                if free > 0:
+                    lost, deliveries = broker.ack_and_fetch(acks, self.queues, free, self.lease_ms)
+                else:  # no slot free: acks a failed send left behind, sent before the loop is left
+                    lost, deliveries = broker.ack(acks), []
             except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
                 self._return_acks(acks)
                 failures = self._broker_failed(exc, failures)
@@ -223,8 +224,8 @@ class Worker:
                     continue  # a full batch: more may be ready
             # nothing (more) is ready: wait for news rather than ask again at once
             with self._changed:
-                if self._acks:
-                    continue  # something finished meanwhile: ack it before waiting
+                if self._acks or free <= 0:
+                    continue  # something finished meanwhile: ack it before waiting (or leave: no slot is free)
                 if self.burst and not self._in_flight and self._nothing_left(broker):
                     break
                 self._idle = True  # from now on finishing threads ack for themselves
@@ -291,6 +292,7 @@ class Worker:
     def _return_acks(self, acks: list[Delivery]) -> None:
         with self._changed:
             self._acks[:0] = acks
+            self._take_role()  # a failed ack send with every slot busy: send them again from the loop
 
     def _run(self, delivery: Delivery) -> None:
         try:
@@ -306,9 +308,13 @@ class Worker:
         if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
             del self._in_flight[delivery.id]
             self._lost.discard(delivery.id)
-            if self._role_free and not self._stopping.is_set():  # fetch next on this thread
-                self._role_free, self._taker = False, threading.get_ident()
+            self._take_role()
             self._changed.notify_all()
+
+    def _take_role(self) -> None:
+        """(``self._changed`` held) If nobody runs the fetch loop, this thread runs it after its message."""
+        if self._role_free and not self._stopping.is_set():
+            self._role_free, self._taker = False, threading.get_ident()
 
     def _held(self) -> list[Delivery]:
         with self._changed:
@@ -345,7 +351,7 @@ class Worker:
             return
         where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
-            self._dead_letter(delivery, outcome.rejected, outcome)
+            executor.dead_letter(self.app, self.lease_ms, delivery, outcome.rejected, outcome)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
             return
         error = outcome.error
@@ -357,7 +363,7 @@ class Worker:
             logger.exception("%s: retry_when failed; dead-lettering the message", where)
             delay = None
         if delay is None:
-            self._dead_letter(delivery, executor.failure_from("failed", error), outcome)
+            executor.dead_letter(self.app, self.lease_ms, delivery, executor.failure_from("failed", error), outcome)
             logger.error("%s failed for good with %s: %s", where, type(error).__qualname__, error, exc_info=error)
             return
         broker.retry(delivery, int(delay * 1000))
@@ -390,10 +396,3 @@ class Worker:
                 log.warning("ack of %d messages failed (%s); the fetch loop retries it", len(batch), exc)
                 self._return_acks(batch)
                 return
-
-    def _dead_letter(self, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
-        if self.app.broker.extend([delivery], self.lease_ms):  # fenced: a stale holder must not fail the result
-            raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
-        # hooks before the move: a crash in between loses nothing
-        executor.dead_letter_hooks(self.app, delivery.id, outcome.message, failure)
-        self.app.broker.dead_letter(delivery, failure)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskmill import encoding
 from taskmill.brokers.base import DeadLetter, Delivery, Failure
-from taskmill.errors import ActorNotFound, DecodeError, PayloadTooLarge, TimeLimitExceeded
+from taskmill.errors import ActorNotFound, DecodeError, LeaseLost, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
 from taskmill.middleware.base import overriding
 
@@ -145,6 +145,14 @@ def buried(app: App, dead: DeadLetter) -> None:
         message = None
     log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
     dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+
+
+def dead_letter(app: App, lease_ms: int, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
+    """Dead-letter a message this worker holds: its hooks first (a crash in between loses nothing)."""
+    if app.broker.extend([delivery], lease_ms):  # fenced: a stale holder must not fail the result
+        raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
+    dead_letter_hooks(app, delivery.id, outcome.message, failure)
+    app.broker.dead_letter(delivery, failure)
 
 
 def log_lost_acks(lost: list[Delivery]) -> None:
