@@ -546,3 +546,43 @@ def test_an_ack_that_failed_while_every_slot_filled_is_sent_again_at_once(
         wait_for(lambda: worker.in_flight == 2)
     finally:
         gate.set()
+
+
+def test_a_message_that_finishes_during_a_graceful_stop_is_acked_at_once(app: App) -> None:
+    """Its lease is no longer renewed: an ack kept until the whole grace period ends could let the
+    lease expire first, and the message run twice. The broker is real; its acks are only recorded."""
+    gate, broker = threading.Event(), app.broker
+    acked: list[str] = []
+    ack, ack_and_fetch = broker.ack, broker.ack_and_fetch
+
+    def recording_ack(deliveries: list[Any]) -> Any:
+        acked.extend(d.id for d in deliveries)
+        return ack(deliveries)
+
+    def recording_ack_and_fetch(deliveries: list[Any], *args: Any) -> Any:
+        acked.extend(d.id for d in deliveries)
+        return ack_and_fetch(deliveries, *args)
+
+    broker.ack, broker.ack_and_fetch = recording_ack, recording_ack_and_fetch  # type: ignore[method-assign,assignment]
+
+    @app.actor
+    def work(tag: str) -> None:
+        if tag == "long":
+            gate.wait(10)
+        else:
+            time.sleep(0.3)
+
+    long, short = work.send("long"), work.send("short")
+    worker = Worker(app, threads=2)
+    worker.start()
+    wait_for(lambda: worker.in_flight == 2)
+    stopping = threading.Thread(target=worker.stop, kwargs={"grace": 10})
+    stopping.start()
+    try:
+        wait_for(lambda: short.id in acked, timeout=5)  # while "long" still runs
+        assert long.id not in acked
+    finally:
+        gate.set()
+        stopping.join(10)
+    assert long.id in acked
+    assert app.broker.stats()[0].ready == 0

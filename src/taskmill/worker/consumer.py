@@ -370,11 +370,12 @@ class Worker:
         logger.warning("%s failed with %s: %s; retry in %.1f s", where, type(error).__qualname__, error, delay)
 
     def _ack(self, delivery: Delivery) -> None:
-        """Queue an ack for the fetch loop's next call and free the slot; while the loop idles, ack here."""
+        """Queue an ack for the fetch loop's next call and free the slot; while the loop idles, or a
+        stop lets running messages finish (the loop has ended), ack here."""
         with self._changed:
             self._acks.append(delivery)
             self._free(delivery)
-            if not self._idle or self._flushing:
+            if not (self._idle or self._stopping.is_set()) or self._flushing:
                 return
             self._flushing = True
         try:
