@@ -203,7 +203,7 @@ Celery on the same RabbitMQ, against Procrastinate on the same PostgreSQL, and o
 SQLite brokers, all in the same run, plus a framework-free ceiling. Reproduce with:
 
 ```bash
-bash bench/run.sh            # full run, about 40 minutes; --quick is a 2-minute smoke test
+bash bench/run.sh            # full run, 40-60 minutes; --quick is a 2-minute smoke test
 ```
 
 It creates `bench/.venv`, installs the pinned peers (`bench/requirements.txt`) and taskmill from
@@ -224,7 +224,7 @@ A system whose server is not reachable, or whose module does not import, is skip
 with the reason. `--only taskmill,huey` runs a subset (`--only taskmill-rabbitmq,dramatiq-rabbitmq`,
 `--only taskmill-postgres,procrastinate`; keys in `bench/systems/__init__.py`);
 `bench/.venv/bin/python bench/profile_worker.py taskmill` profiles a worker while it drains;
-`bench/.venv/bin/python bench/inprocess.py drain|latency` runs one in-process, for A/B work on the hot path.
+`bench/.venv/bin/python bench/inprocess.py drain|iodrain|latency` runs one in-process, for A/B work on the hot path.
 
 ## This run
 
