@@ -143,9 +143,13 @@ def latency(n: int, url: str) -> None:
     def median_ms(values: list[float]) -> float:
         return statistics.median(values) * 1000
 
+    def p99_ms(values: list[float]) -> float:
+        return sorted(values)[max(0, -(-len(values) * 99 // 100) - 1)] * 1000  # nearest rank
+
     sends = [float(x) for x in redis.Redis.from_url(DEFAULT_URL).lrange("inprocess:send", 20, -1)]
     print(
-        f"n={len(marks)}: p50 {median_ms([e - s for s, _, _, e in marks]):.3f} ms = "
+        f"n={len(marks)}: p99 {p99_ms([e - s for s, _, _, e in marks]):.3f} ms, "
+        f"p50 {median_ms([e - s for s, _, _, e in marks]):.3f} ms = "
         f"send->wake {median_ms([w - s for s, w, _, _ in marks]):.3f} "
         f"+ wake->fetched {median_ms([f - w for _, w, f, _ in marks]):.3f} "
         f"+ fetched->start {median_ms([e - f for _, _, f, e in marks]):.3f}; "

@@ -586,3 +586,32 @@ def test_a_message_that_finishes_during_a_graceful_stop_is_acked_at_once(app: Ap
         stopping.join(10)
     assert long.id in acked
     assert app.broker.stats()[0].ready == 0
+
+
+def test_stop_returns_only_once_a_worker_threads_ack_is_sent(app: App) -> None:
+    """A message that finishes during a graceful stop is acked by its own thread; stop() must not
+    return (and the process exit) while that ack is still on its way. The broker is real; its
+    acks are only slowed down."""
+    broker, started, ack = app.broker, threading.Event(), app.broker.ack
+    sent: list[str] = []
+
+    def slow_ack(deliveries: list[Any]) -> Any:
+        time.sleep(0.5)
+        result = ack(deliveries)
+        sent.extend(d.id for d in deliveries)
+        return result
+
+    broker.ack = slow_ack  # type: ignore[method-assign,assignment]
+
+    @app.actor
+    def work() -> None:
+        started.set()
+        time.sleep(0.3)
+
+    message = work.send()
+    worker = Worker(app, threads=1)
+    worker.start()
+    assert started.wait(5)
+    assert worker.stop(grace=5) is True
+    assert message.id in sent
+    assert app.broker.stats()[0].ready == 0

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import queue as queue_module
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -97,11 +96,8 @@ class Worker:
         grace = self.app.settings.grace_seconds if grace is None else grace
         self._stopping.set()
         self._release_unstarted()
-        deadline = time.monotonic() + grace
         with self._changed:
-            while self._in_flight and (remaining := deadline - time.monotonic()) > 0:
-                self._changed.wait(min(remaining, 0.1))
-            clean = not self._in_flight
+            clean = self._changed.wait_for(lambda: not self._in_flight, timeout=grace)
         if not clean:
             self.abandon()
         self._finish()
@@ -128,6 +124,9 @@ class Worker:
         self._stopping.set()
         if self._pool:
             self._fetch_ended.wait(timeout=5)  # it may be handing acks back: flush after it is done
+        with self._changed:  # and after a worker thread's flush: its acks must be sent when stop() returns
+            self._changed.wait_for(lambda: not self._flushing, timeout=5)
+            self._flushing = True
         self._flush_acks()
         for _ in range(self.threads + 1):
             self._work.put(None)
@@ -240,9 +239,8 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery], woken: bool) -> Delivery | None:
         """Hand fetched deliveries to the worker threads. Returns the first, for the caller to run as it
-        leaves the fetch loop, when they fill the last free slot (the loop waits for the next thread
-        to free one) or they are news for an idle worker (``woken``: a free thread takes the loop
-        over); None when the loop goes on here, or a stop began (they are given back)."""
+        leaves the loop, when they fill the last free slot (the next thread to free one takes the loop)
+        or are news for an idle worker (``woken``: a free thread takes it); else None (a stop: given back)."""
         with self._changed:  # under the lock stop() waits with, so no batch slips past it
             if not (stopping := self._stopping.is_set()):
                 hand_over = woken and not self._in_flight
@@ -378,22 +376,24 @@ class Worker:
             if not (self._idle or self._stopping.is_set()) or self._flushing:
                 return
             self._flushing = True
-        try:
-            self._flush_acks()
-        finally:
-            with self._changed:
-                self._flushing = False
+        self._flush_acks()
 
     def _flush_acks(self) -> None:
-        """Ack everything queued, batch after batch, until nothing is left."""
+        """Ack everything queued, batch after batch. The caller set ``_flushing``; it clears under the lock
+        that finds nothing left (or after a failed send), so no ack queued meanwhile is left behind."""
         while True:
             with self._changed:
                 batch, self._acks = self._acks, []
-            if not batch:
-                return
+                if not batch:
+                    self._flushing = False
+                    self._changed.notify_all()  # stop() may be waiting for this flush
+                    return
             try:
                 executor.log_lost_acks(self.app.broker.ack(batch))
-            except BrokerError as exc:
+            except Exception as exc:  # noqa: BLE001 -- the fetch loop retries it; the thread must go on
                 log.warning("ack of %d messages failed (%s); the fetch loop retries it", len(batch), exc)
-                self._return_acks(batch)
+                with self._changed:
+                    self._return_acks(batch)
+                    self._flushing = False
+                    self._changed.notify_all()
                 return
