@@ -33,7 +33,6 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("taskmill.worker")
 _IDLE_WAIT = 0.5  # seconds an idle fetch loop blocks in broker.wait before checking for stop
-_MAX_BACKOFF = 10.0  # seconds between attempts while the broker is unreachable
 _FETCH = Delivery("", "", b"", 0, 0, "")  # handed over like a message: "run the fetch loop now"
 
 
@@ -125,9 +124,12 @@ class Worker:
         if self._pool:
             self._fetch_ended.wait(timeout=5)  # it may be handing acks back: flush after it is done
         with self._changed:  # and after a worker thread's flush: its acks must be sent when stop() returns
-            self._changed.wait_for(lambda: not self._flushing, timeout=5)
+            if not self._changed.wait_for(lambda: not self._flushing, timeout=5):
+                log.warning("an ack is still on its way after 5 s; if it fails, its messages run again")
             self._flushing = True
         self._flush_acks()
+        if self._acks:
+            log.warning("could not ack %d finished messages; they run again when their leases expire", len(self._acks))
         for _ in range(self.threads + 1):
             self._work.put(None)
         for mw in self.app.middleware:
@@ -207,7 +209,7 @@ class Worker:
                     lost, deliveries = broker.ack(acks), []
             except Exception as exc:  # noqa: BLE001 -- the fetch loop must outlive any broker failure
                 self._return_acks(acks)
-                failures = self._broker_failed(exc, failures)
+                failures = executor.back_off(exc, failures, self._stopping)
                 continue
             was_woken, woken = woken, False
             executor.log_lost_acks(lost)
@@ -231,7 +233,7 @@ class Worker:
             failed = self._idle_wait(broker)
             woken = failed is None
             # back off outside idle, so finishing threads leave their acks to this loop
-            failures = 0 if failed is None else self._broker_failed(failed, failures)
+            failures = 0 if failed is None else executor.back_off(failed, failures, self._stopping)
         self._fetch_ended.set()
         if self.burst and not self._stopping.is_set():
             self._finish()
@@ -269,15 +271,6 @@ class Worker:
             with self._changed:
                 self._idle = False
         return None
-
-    def _broker_failed(self, exc: Exception, failures: int) -> int:
-        """Back off (capped, logged sparingly) after a failed broker call; returns the new failure count."""
-        failures += 1
-        pause = min(0.1 * 2**failures, _MAX_BACKOFF)
-        if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
-            log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
-        self._stopping.wait(pause)
-        return failures
 
     def _nothing_left(self, broker: Broker) -> bool:
         """Burst mode's end: nothing ready and nothing leased by anyone (a crashed process's lease
@@ -389,11 +382,15 @@ class Worker:
                     self._changed.notify_all()  # stop() may be waiting for this flush
                     return
             try:
-                executor.log_lost_acks(self.app.broker.ack(batch))
-            except Exception as exc:  # noqa: BLE001 -- the fetch loop retries it; the thread must go on
-                log.warning("ack of %d messages failed (%s); the fetch loop retries it", len(batch), exc)
+                lost = self.app.broker.ack(batch)
+            except BaseException as exc:  # the batch goes back, for the fetch loop (or the stop) to send
                 with self._changed:
                     self._return_acks(batch)
                     self._flushing = False
                     self._changed.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                unexpected = not isinstance(exc, BrokerError)  # a bug, not an outage: show where
+                log.warning("ack of %d messages failed (%s); retried later", len(batch), exc, exc_info=unexpected)
                 return
+            executor.log_lost_acks(lost)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from taskmill.app import App
 
 log = logging.getLogger("taskmill.worker")
+_MAX_BACKOFF = 10.0  # seconds between attempts while the broker is unreachable
 _UNGUARDED: AbstractContextManager[None] = nullcontext()  # reusable: nullcontext keeps no state
 
 __all__ = [
@@ -153,6 +154,17 @@ def dead_letter(app: App, lease_ms: int, delivery: Delivery, failure: Failure, o
         raise LeaseLost(f"message {delivery.id}: lease lost before it was dead-lettered")
     dead_letter_hooks(app, delivery.id, outcome.message, failure)
     app.broker.dead_letter(delivery, failure)
+
+
+def back_off(exc: BaseException, failures: int, stopping: threading.Event) -> int:
+    """Pause after a failed broker call (capped, logged sparingly, cut short by a stop); returns the
+    new failure count."""
+    failures += 1
+    pause = min(0.1 * 2**failures, _MAX_BACKOFF)
+    if failures == 1 or (pause == _MAX_BACKOFF and failures % 10 == 0):
+        log.warning("broker unavailable (%s); retrying every %.1f s at most", exc, pause)
+    stopping.wait(pause)
+    return failures
 
 
 def log_lost_acks(lost: list[Delivery]) -> None:
