@@ -55,7 +55,7 @@ class Worker:
         self._loop: EventLoopThread | None = None
         self._acks: list[Delivery] = []  # finished, waiting for the fetch loop's next broker call
         self._idle = False  # the fetch loop is waiting for new messages
-        self._flushing = False  # a worker thread is acking for the idle fetch loop
+        self._flushing = False  # a thread is sending queued acks (the loop idles, or a stop began)
         self._role_free = False  # nobody runs the fetch loop: the next thread to free a slot takes it
         self._taker = 0  # the thread that took it, until it starts the loop
         self._lost: set[str] = set()  # ids whose lease a heartbeat found lost (logged once)

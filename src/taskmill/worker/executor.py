@@ -30,13 +30,17 @@ _UNGUARDED: AbstractContextManager[None] = nullcontext()  # reusable: nullcontex
 __all__ = [
     "EventLoopThread",
     "Outcome",
+    "back_off",
+    "buried",
     "cancel_interrupt",
+    "dead_letter",
     "dead_letter_hooks",
     "decode",
     "describe",
     "execute",
     "failure_from",
     "interrupt_thread",
+    "log_lost_acks",
     "run",
     "run_eagerly",
 ]
