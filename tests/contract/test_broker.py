@@ -296,6 +296,14 @@ def test_a_batch_ack_refuses_only_the_deliveries_whose_lease_was_lost(broker: Br
 
 
 @pytest.mark.needs("expiring_leases")
+def test_a_batch_ack_of_both_leases_of_one_message_refuses_the_stale_one(broker: Broker) -> None:
+    stale, current = lose_lease(broker)
+    assert broker.ack([stale, current]) == [stale]
+    assert counts(broker) == QueueStats("default")
+    assert fetch(broker) == []
+
+
+@pytest.mark.needs("expiring_leases")
 @pytest.mark.parametrize("operation", list(SETTLE))
 def test_a_holder_that_lost_its_lease_cannot_settle_and_leaves_the_new_holder_alone(
     broker: Broker, operation: str

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from taskmill import App
+from taskmill.brokers.base import Delivery
 from taskmill.errors import ArgumentsError
 from taskmill.message import Message
 from taskmill.middleware import Middleware
 from taskmill.middleware.base import overriding
+from taskmill.worker import executor
+from taskmill.worker.executor import Outcome
 from taskmill.worker.process import BatchingHandler
 
 
@@ -152,3 +157,190 @@ def test_no_line_is_lost_when_eight_threads_log_while_the_handler_flushes() -> N
     handler.flush()
     lines = stream.getvalue().splitlines()
     assert sorted(lines) == sorted(f"{t}-{i}" for t in range(8) for i in range(2_000))
+
+
+FORMAT = "%(created)f %(msecs)d %(levelname)s %(process)d %(thread)d %(threadName)s %(name)s: %(message)s"
+DONE = "%s done in %.1f ms"
+
+
+@pytest.fixture
+def sole() -> Iterator[tuple[BatchingHandler, io.StringIO]]:
+    """A BatchingHandler as the root's only handler at INFO, as the CLI sets it up; restored after.
+    pytest adds its capturing handler to the root as the test body starts: the test calls
+    ``alone`` (below) once it runs."""
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, delay=60)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.setLevel(logging.INFO)
+    yield handler, stream
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def alone(handler: logging.Handler) -> Iterator[None]:
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+
+
+def in_thread(name: str, call: Callable[[], Any]) -> Any:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(call()), name=name)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_a_deferred_line_reads_as_the_line_logger_info_makes(sole: tuple[BatchingHandler, io.StringIO]) -> None:
+    handler, stream = sole
+    logger = logging.getLogger("taskmill.actor.deferred")  # the "taskmill" logger has the library's NullHandler
+    args = ("message m1 actor=a queue=default attempt=1", 1.25)
+    with alone(handler):
+        in_thread("worker-7", lambda: logger.info(DONE, *args))
+        before = time.time()
+        assert in_thread("worker-7", lambda: handler.defer(logger, DONE, args)) is True
+        after = time.time()
+    handler.flush()
+    made, deferred = (line.split(" ", 2) for line in stream.getvalue().splitlines())
+    assert made[2] == deferred[2]  # level, process, thread ident, thread name, logger and text
+    assert deferred[2].startswith("INFO ")
+    assert " worker-7 taskmill.actor.deferred: " in deferred[2]
+    assert deferred[2].endswith(": message m1 actor=a queue=default attempt=1 done in 1.2 ms")
+    created = float(deferred[0])
+    assert before <= created <= after  # the worker's time, not the flush thread's
+    assert int(deferred[1]) == int((created - int(created)) * 1000)
+
+
+def test_a_deferred_line_keeps_its_place_among_the_records_queued_around_it(
+    sole: tuple[BatchingHandler, io.StringIO],
+) -> None:
+    handler, stream = sole
+    logger = logging.getLogger("taskmill.actor.deferred")
+    handler.handle(record(logging.INFO, "one"))
+    with alone(handler):
+        assert handler.defer(logger, "%s", ("two",))
+    handler.handle(record(logging.WARNING, "three"))  # writes what was queued before it, in order
+    assert [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()] == ["one", "two", "three"]
+
+
+class Spy(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def add_filter(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    drop = logging.Filter("nothing")
+    logger.addFilter(drop)
+    return lambda: logger.removeFilter(drop)
+
+
+def filter_handler(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    drop = logging.Filter("nothing")
+    handler.addFilter(drop)
+    return lambda: handler.removeFilter(drop)
+
+
+def handler_between(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    parent = logging.getLogger("taskmill.actor")
+    spy = Spy()
+    parent.addHandler(spy)
+    return lambda: parent.removeHandler(spy)
+
+
+def second_root_handler(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    spy = Spy()
+    logging.getLogger().addHandler(spy)
+    return lambda: logging.getLogger().removeHandler(spy)
+
+
+def record_factory(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    factory = logging.getLogRecordFactory()
+
+    def custom(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return factory(*args, **kwargs)
+
+    logging.setLogRecordFactory(custom)
+    return lambda: logging.setLogRecordFactory(factory)
+
+
+def no_propagation(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    parent = logging.getLogger("taskmill.actor")
+    parent.propagate = False
+    return lambda: setattr(parent, "propagate", True)
+
+
+def handler_level(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    handler.setLevel(logging.WARNING)
+    return lambda: handler.setLevel(logging.NOTSET)
+
+
+def logger_level(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    logger.setLevel(logging.WARNING)
+    return lambda: logger.setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        add_filter,
+        filter_handler,
+        handler_between,
+        second_root_handler,
+        record_factory,
+        no_propagation,
+        handler_level,
+        logger_level,
+    ],
+)
+def test_a_line_something_else_could_see_or_drop_is_not_deferred(
+    sole: tuple[BatchingHandler, io.StringIO], change: Callable[[logging.Logger, BatchingHandler], Callable[[], None]]
+) -> None:
+    handler, stream = sole
+    logger = logging.getLogger("taskmill.actor.deferred")
+    with alone(handler):
+        undo = change(logger, handler)
+        try:
+            assert handler.defer(logger, "%s", ("line",)) is False
+        finally:
+            undo()
+    handler.flush()
+    assert stream.getvalue() == ""
+
+
+def done_line(name: str) -> None:
+    delivery, outcome = Delivery(name, "default", b"", 0, 1, "t"), Outcome(message=None, seconds=0.002)
+    executor.log_done(logging.getLogger("taskmill.actor.deferred"), delivery, outcome, False, 9)
+
+
+def test_the_done_line_is_deferred_when_the_clis_handler_is_alone(sole: tuple[BatchingHandler, io.StringIO]) -> None:
+    handler, stream = sole
+    handler.setFormatter(logging.Formatter("%(funcName)s: %(message)s"))
+    with alone(handler):
+        done_line("m2")
+    handler.flush()
+    assert stream.getvalue() == "defer: message m2 actor=? queue=default attempt=1 done in 2.0 ms\n"
+
+
+def test_the_done_line_reaches_another_handler_by_the_ordinary_path(sole: tuple[BatchingHandler, io.StringIO]) -> None:
+    handler, stream = sole
+    handler.setFormatter(logging.Formatter("%(funcName)s: %(message)s"))
+    spy = Spy()
+    logging.getLogger("taskmill.actor").addHandler(spy)
+    try:
+        with alone(handler):
+            done_line("m3")
+    finally:
+        logging.getLogger("taskmill.actor").removeHandler(spy)
+    handler.flush()
+    assert spy.lines == ["message m3 actor=? queue=default attempt=1 done in 2.0 ms"]
+    assert stream.getvalue() == "log_done: message m3 actor=? queue=default attempt=1 done in 2.0 ms\n"

@@ -336,9 +336,7 @@ class Worker:
         logger = actor.logger if actor is not None else log
         if outcome.error is None and outcome.rejected is None:
             self._ack(delivery)
-            if logger.isEnabledFor(logging.INFO):  # the common line: skip even describe() when it is off
-                where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
-                logger.info("%s done in %.1f ms", where, outcome.seconds * 1000)
+            executor.log_done(logger, delivery, outcome, settings.log_args, settings.log_args_max)
             return
         where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
