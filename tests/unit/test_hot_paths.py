@@ -159,7 +159,7 @@ def test_no_line_is_lost_when_eight_threads_log_while_the_handler_flushes() -> N
     assert sorted(lines) == sorted(f"{t}-{i}" for t in range(8) for i in range(2_000))
 
 
-FORMAT = "%(created)f %(msecs)d %(levelname)s %(process)d %(thread)d %(threadName)s %(name)s: %(message)s"
+FORMAT = "%(created)f %(msecs)d %(levelname)s %(process)d %(thread)s %(threadName)s %(name)s: %(message)s"
 DONE = "%s done in %.1f ms"
 
 
@@ -204,7 +204,7 @@ def test_a_deferred_line_reads_as_the_line_logger_info_makes(sole: tuple[Batchin
     with alone(handler):
         in_thread("worker-7", lambda: logger.info(DONE, *args))
         before = time.time()
-        assert in_thread("worker-7", lambda: handler.defer(logger, DONE, args)) is True
+        assert in_thread("worker-7", lambda: handler.defer(logger, DONE, args, ("here.py", 7, "caller")))
         after = time.time()
     handler.flush()
     made, deferred = (line.split(" ", 2) for line in stream.getvalue().splitlines())
@@ -213,7 +213,7 @@ def test_a_deferred_line_reads_as_the_line_logger_info_makes(sole: tuple[Batchin
     assert " worker-7 taskmill.actor.deferred: " in deferred[2]
     assert deferred[2].endswith(": message m1 actor=a queue=default attempt=1 done in 1.2 ms")
     created = float(deferred[0])
-    assert before <= created <= after  # the worker's time, not the flush thread's
+    assert before <= created <= after
     assert int(deferred[1]) == int((created - int(created)) * 1000)
 
 
@@ -224,9 +224,35 @@ def test_a_deferred_line_keeps_its_place_among_the_records_queued_around_it(
     logger = logging.getLogger("taskmill.actor.deferred")
     handler.handle(record(logging.INFO, "one"))
     with alone(handler):
-        assert handler.defer(logger, "%s", ("two",))
+        assert handler.defer(logger, "%s", ("two",), ("here.py", 7, "caller"))
     handler.handle(record(logging.WARNING, "three"))  # writes what was queued before it, in order
     assert [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()] == ["one", "two", "three"]
+
+
+def test_a_deferred_line_leaves_out_the_thread_when_logging_does(sole: tuple[BatchingHandler, io.StringIO]) -> None:
+    handler, stream = sole
+    logger = logging.getLogger("taskmill.actor.deferred")
+    logging.logThreads = False
+    try:
+        with alone(handler):
+            assert handler.defer(logger, "%s", ("line",), ("here.py", 7, "caller"))
+    finally:
+        logging.logThreads = True
+    handler.flush()
+    assert " None None taskmill.actor.deferred: line" in stream.getvalue()
+
+
+def test_a_root_that_does_not_propagate_still_gets_deferred_lines(sole: tuple[BatchingHandler, io.StringIO]) -> None:
+    handler, stream = sole
+    logger = logging.getLogger("taskmill.actor.deferred")
+    logging.getLogger().propagate = False  # meaningless on the root, and common in configurations
+    try:
+        with alone(handler):
+            assert handler.defer(logger, "%s", ("line",), ("here.py", 7, "caller"))
+    finally:
+        logging.getLogger().propagate = True
+    handler.flush()
+    assert stream.getvalue().endswith("taskmill.actor.deferred: line\n")
 
 
 class Spy(logging.Handler):
@@ -289,6 +315,16 @@ def logger_level(logger: logging.Logger, handler: BatchingHandler) -> Callable[[
     return lambda: logger.setLevel(logging.NOTSET)
 
 
+def wrapped_call_handlers(logger: logging.Logger, handler: BatchingHandler) -> Callable[[], None]:
+    original = logging.Logger.callHandlers  # as Sentry's logging integration and APM agents do
+
+    def call_handlers(self: logging.Logger, record: logging.LogRecord) -> None:
+        original(self, record)
+
+    logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
+    return lambda: setattr(logging.Logger, "callHandlers", original)
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -300,6 +336,7 @@ def logger_level(logger: logging.Logger, handler: BatchingHandler) -> Callable[[
         no_propagation,
         handler_level,
         logger_level,
+        wrapped_call_handlers,
     ],
 )
 def test_a_line_something_else_could_see_or_drop_is_not_deferred(
@@ -310,37 +347,70 @@ def test_a_line_something_else_could_see_or_drop_is_not_deferred(
     with alone(handler):
         undo = change(logger, handler)
         try:
-            assert handler.defer(logger, "%s", ("line",)) is False
+            assert handler.defer(logger, "%s", ("line",), ("here.py", 7, "caller")) is False
         finally:
             undo()
     handler.flush()
     assert stream.getvalue() == ""
 
 
-def done_line(name: str) -> None:
+class Adding(logging.Logger):
+    """A logger class that adds a field to its records, as applications do with ``setLoggerClass``."""
+
+    def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:  # noqa: N802 -- logging's name
+        made = super().makeRecord(*args, **kwargs)
+        made.request = "req-42"
+        return made
+
+
+def settle(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], name: str) -> None:
+    """Where the worker logs the done line from (its caller is the line's)."""
     delivery, outcome = Delivery(name, "default", b"", 0, 1, "t"), Outcome(message=None, seconds=0.002)
-    executor.log_done(logging.getLogger("taskmill.actor.deferred"), delivery, outcome, False, 9)
+    executor.log_done(logger, delivery, outcome, False, 9)  # type: ignore[arg-type]
+
+
+SEEN = "%(funcName)s: %(message)s"
 
 
 def test_the_done_line_is_deferred_when_the_clis_handler_is_alone(sole: tuple[BatchingHandler, io.StringIO]) -> None:
     handler, stream = sole
-    handler.setFormatter(logging.Formatter("%(funcName)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(SEEN))
     with alone(handler):
-        done_line("m2")
+        settle(logging.getLogger("taskmill.actor.deferred"), "m2")
+        assert len(handler._pending) == 1  # queued by defer, not by handle()
     handler.flush()
-    assert stream.getvalue() == "defer: message m2 actor=? queue=default attempt=1 done in 2.0 ms\n"
+    assert stream.getvalue() == "settle: message m2 actor=? queue=default attempt=1 done in 2.0 ms\n"
 
 
 def test_the_done_line_reaches_another_handler_by_the_ordinary_path(sole: tuple[BatchingHandler, io.StringIO]) -> None:
     handler, stream = sole
-    handler.setFormatter(logging.Formatter("%(funcName)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(SEEN))
     spy = Spy()
     logging.getLogger("taskmill.actor").addHandler(spy)
     try:
         with alone(handler):
-            done_line("m3")
+            settle(logging.getLogger("taskmill.actor.deferred"), "m3")
     finally:
         logging.getLogger("taskmill.actor").removeHandler(spy)
     handler.flush()
     assert spy.lines == ["message m3 actor=? queue=default attempt=1 done in 2.0 ms"]
-    assert stream.getvalue() == "log_done: message m3 actor=? queue=default attempt=1 done in 2.0 ms\n"
+    assert stream.getvalue() == "settle: message m3 actor=? queue=default attempt=1 done in 2.0 ms\n"
+
+
+def test_the_done_line_of_another_logger_class_or_an_adapter_takes_the_ordinary_path(
+    sole: tuple[BatchingHandler, io.StringIO],
+) -> None:
+    handler, stream = sole
+    handler.setFormatter(logging.Formatter("%(request)s %(funcName)s: %(message)s"))
+    adding = Adding("taskmill.actor.adding")
+    adding.parent = logging.getLogger()
+    with alone(handler):
+        settle(adding, "m4")
+        handler.flush()
+        handler.setFormatter(logging.Formatter(SEEN))
+        settle(logging.LoggerAdapter(logging.getLogger("taskmill.actor.adapted")), "m5")
+    handler.flush()
+    assert stream.getvalue().splitlines() == [
+        "req-42 settle: message m4 actor=? queue=default attempt=1 done in 2.0 ms",
+        "settle: message m5 actor=? queue=default attempt=1 done in 2.0 ms",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -286,9 +287,11 @@ def log_done(logger: logging.Logger, delivery: Delivery, outcome: Outcome, log_a
         return
     args = (describe(delivery, outcome, log_args, max_chars), outcome.seconds * 1000)
     handlers = logging.root.handlers
-    if len(handlers) == 1 and (defer := getattr(handlers[0], "defer", None)) is not None and defer(logger, _DONE, args):
-        return
-    logger.info(_DONE, *args)
+    if len(handlers) == 1 and (defer := getattr(handlers[0], "defer", None)) is not None:
+        code = (frame := sys._getframe(1)).f_code  # the caller, as stacklevel=2 names it below
+        if defer(logger, _DONE, args, (code.co_filename, frame.f_lineno, code.co_name)):
+            return
+    logger.info(_DONE, *args, stacklevel=2)
 
 
 def describe(delivery: Delivery, outcome: Outcome, log_args: bool, max_chars: int) -> str:

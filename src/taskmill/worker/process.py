@@ -102,16 +102,18 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     text made at once, so later changes to its arguments do not show), and the flush thread formats
     and writes the batch.
 
-    The line for each message that succeeded goes further (``defer``): while this handler is the
-    only one that would see it, the worker thread queues just its logger, time, thread and
-    arguments, and the flush thread makes the record. Making records cost a worker ~30 µs of CPU
-    per message under eight busy threads, a quarter of a no-op message's (docs/benchmarks.md).
+    The line for each message that succeeded goes further (``defer``): while nothing but this handler
+    could see it, the worker thread queues only its logger, time, thread, text and caller, and the
+    flush thread makes the record, in one warm loop per batch. ``logger.info`` made the record on a
+    worker thread, through the logger's caller lookup, filters and walk to the root: in-process,
+    taking that away cut a no-op message's CPU from 120-137 to 109-118 µs (docs/benchmarks.md).
     """
 
     def __init__(self, stream: TextIO, delay: float = 0.05) -> None:
         super().__init__(stream)
         self.delay = delay
-        self._pending: collections.deque[logging.LogRecord | _Deferred] = collections.deque()  # appends need no lock
+        self._pending: collections.deque[Any] = collections.deque()  # records, defer()'s tuples; no lock
+        self._stock = _stock_steps()
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_later, name="taskmill-log-flush", daemon=True).start()
 
@@ -136,26 +138,28 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._waiting.set()
         return True
 
-    def defer(self, logger: logging.Logger, msg: str, args: tuple[Any, ...]) -> bool:
-        """Queue ``logger.info(msg, *args)`` without making its record on this thread, if no filter,
-        record factory or other handler (besides NullHandlers) could see the record, and it would
-        reach this handler as the root's only one. False, queueing nothing, otherwise."""
+    def defer(self, logger: logging.Logger, msg: str, args: tuple[Any, ...], caller: tuple[str, int, str]) -> bool:
+        """Queue what the flush thread needs to make the record ``logger.info(msg, *args)`` would
+        make at ``caller`` (file, line, function), when nothing but this handler could see that
+        record: a plain Logger whose methods nobody replaced (Sentry and APM agents wrap
+        ``callHandlers``), the stock record factory, no filter, and no handler on the way to the
+        root but NullHandlers and this one, the root's only handler. False, queueing nothing, otherwise."""
+        if type(logger) is not logging.Logger or not logger.isEnabledFor(logging.INFO) or logger.filters:
+            return False
         if self.filters or self.level > logging.INFO or logging.getLogRecordFactory() is not logging.LogRecord:
             return False
-        if logger.filters or not logger.isEnabledFor(logging.INFO):
+        if self._stock is None or _logger_steps() != self._stock:
             return False
-        each: logging.Logger | None = logger
-        while each is not None:
-            if each.parent is None:  # the root
-                if each.handlers != [self]:
-                    return False
-            elif any(type(handler) is not logging.NullHandler for handler in each.handlers):
+        each = logger
+        while each.parent is not None:  # the root's own propagate does not matter
+            if not each.propagate or any(type(handler) is not logging.NullHandler for handler in each.handlers):
                 return False
-            if not each.propagate:
-                return each.parent is None
             each = each.parent
-        thread = threading.current_thread()
-        self._pending.append((logger.name, time.time(), thread.ident, thread.name, msg, args))
+        if each.handlers != [self]:
+            return False
+        thread = threading.current_thread() if logging.logThreads else None
+        ident, name = (thread.ident, thread.name) if thread is not None else (None, None)
+        self._pending.append((logger.name, time.time(), ident, name, msg % args if args else msg, caller))
         if not self._waiting.is_set():
             self._waiting.set()
         return True
@@ -176,7 +180,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with contextlib.suppress(IndexError):  # until the queue is empty; appends may race in
             while True:
                 entry = self._pending.popleft()
-                record = entry if isinstance(entry, logging.LogRecord) else _record(entry)
+                record = _record(entry) if type(entry) is tuple else entry
                 try:
                     lines.append(self.format(record) + self.terminator)
                 except Exception:  # noqa: BLE001 -- one bad record must not hold back the rest
@@ -195,17 +199,27 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
 
 
-_Deferred = tuple[str, float, "int | None", str, str, tuple[Any, ...]]  # what defer() queues
-
-
-def _record(entry: _Deferred) -> logging.LogRecord:
-    """The record ``Logger.info`` would have made on the worker thread, from what ``defer`` queued."""
-    name, created, thread, thread_name, msg, args = entry
-    record = logging.LogRecord(name, logging.INFO, __file__, 0, msg, args, None, "defer")
+def _record(made: tuple[str, float, int | None, str | None, str, tuple[str, int, str]]) -> logging.LogRecord:
+    """The record ``Logger.info`` would have made on the worker thread, from what ``defer`` queued
+    (its text made already)."""
+    name, created, thread, thread_name, text, (path, line, function) = made
+    record = logging.LogRecord(name, logging.INFO, path, line, text, None, None, function)
     record.relativeCreated -= (record.created - created) * 1000
     record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
     record.thread, record.threadName = thread, thread_name
     return record
+
+
+def _logger_steps() -> tuple[Any, ...]:
+    """The Logger methods ``logger.info`` goes through, which ``BatchingHandler.defer`` skips."""
+    cls = logging.Logger
+    return cls.info, cls._log, cls.findCaller, cls.makeRecord, cls.handle, cls.callHandlers
+
+
+def _stock_steps() -> tuple[Any, ...] | None:
+    """``_logger_steps()`` if every one is the standard library's own (nobody wrapped them yet), else None."""
+    steps = _logger_steps()
+    return steps if all(step.__code__.co_filename == logging.__file__ for step in steps) else None
 
 
 def run_child(config: WorkerConfig) -> None:
