@@ -150,6 +150,50 @@ def test_closing_the_broker_gives_back_what_it_received_uncounted(broker: Broker
         other.close()
 
 
+ACK_THEN_DIE = """
+import os, sys, time
+from taskmill.brokers import open_broker
+broker = open_broker(sys.argv[1])
+while not (first := broker.fetch(["a", "b"], 1, 30_000)):
+    time.sleep(0.01)
+time.sleep(0.3)  # the other queue's message reaches the buffer too (a quorum queue's QoS is per consumer)
+_, then = broker.ack_and_fetch(first, ["a", "b"], 1, 30_000)
+print(first[0].id, len(then), flush=True)
+os._exit(0)  # as a process killed while it runs the next message
+"""
+
+
+def test_a_fetch_returns_only_once_its_acks_are_on_their_way(url: str) -> None:
+    records = [Record(new_message_id(), "a", b"x"), Record(new_message_id(), "b", b"x")]
+    publisher = open_broker(url)
+    try:
+        for record in records:
+            publisher.publish([record])
+    finally:
+        publisher.close()
+    done = subprocess.run([sys.executable, "-c", ACK_THEN_DIE, url], capture_output=True, text=True, check=True)
+    acked, started = done.stdout.split()
+    assert started == "1"
+    other = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        back = wait_for(lambda: other.fetch(["a", "b"], 2, 30_000))
+        time.sleep(0.3)  # the acked one, had its ack not left, would be back by now too
+        back += other.fetch(["a", "b"], 2, 30_000)
+        assert [d.id for d in back] == [r.id for r in records if r.id != acked]
+    finally:
+        other.close()
+
+
+def test_a_fetch_after_acks_takes_the_message_pushed_for_their_credit(broker: Broker) -> None:
+    broker.publish([Record(new_message_id(), "default", b"x") for _ in range(3)])
+    first = wait_for(lambda: broker.fetch(["default"], 1, 30_000))
+    lost, taken = broker.ack_and_fetch(first, ["default"], 1, 30_000)  # the QoS held one: the ack frees it
+    assert lost == []
+    assert len(taken) == 1
+    assert taken[0].id != first[0].id
+    assert broker.ack(taken) == []
+
+
 @pytest.mark.parametrize(
     ("query", "problem"),
     [("queue_type=stream", "queue_type"), ("prefix=a.b", "prefix"), ("timeout=soon", "timeout")],

@@ -7,7 +7,8 @@ consumers are pushed at most as many messages as the worker has free slots (so p
 delivery counts come from quorum queues' ``x-delivery-count`` or, on classic queues, from
 re-publishing a redelivered message with its count raised; retries, releases and dead letters
 publish a copy, then ack. docs/brokers.md tells the whole story; names, declarations and delay
-levels are in ``rabbitmq_topology``, inspection and dead letters in ``rabbitmq_inspect``.
+levels are in ``rabbitmq_topology``, inspection and dead letters in ``rabbitmq_inspect``, acks
+and the settling of deliveries in ``rabbitmq_settle``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any, TypeVar
 
 from taskmill.brokers import rabbitmq_client as client
 from taskmill.brokers import rabbitmq_inspect as inspect
+from taskmill.brokers import rabbitmq_settle as settling
 from taskmill.brokers.base import DELIVERY_LIMIT_TEXT, Broker, DeadLetter, Delivery, Failure, QueueStats, Record
 from taskmill.brokers.rabbitmq_inspect import DELIVERED, header_int
 from taskmill.brokers.rabbitmq_publish import Publishers, send, send_dead
 from taskmill.brokers.rabbitmq_topology import Names, Topology, delay_units, parse_url
-from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError
 
 __all__ = ["RabbitMQBroker"]
 
@@ -72,10 +74,19 @@ class RabbitMQBroker(Broker):
     # -- the loop thread ----------------------------------------------------------------------
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the broker's loop; AMQP failures become taskmill errors."""
-        if not self._thread.is_alive():  # closed, or a forked child (threads do not survive a fork)
+        return self.result(self.start(coroutine))
+
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the broker's loop; ``result`` waits for it."""
+        try:
+            self.running()
+        except BrokerError:
             coroutine.close()
-            raise BrokerError("the RabbitMQ broker is closed, or this process forked from the one that opened it")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+            raise
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def result(self, future: concurrent.futures.Future[T]) -> T:
+        """What a coroutine ``start`` began returned; AMQP failures become taskmill errors."""
         exceptions = self.aio_pika.exceptions
         try:
             return future.result(self.options.timeout * 3)
@@ -88,6 +99,11 @@ class RabbitMQBroker(Broker):
             raise BrokerError(f"RabbitMQ did not take a message: {exc}") from exc
         except (TimeoutError, exceptions.AMQPError, exceptions.ChannelInvalidStateError, OSError) as exc:
             raise BrokerUnavailable(f"RabbitMQ at {self.location}: {type(exc).__name__}: {exc}") from exc
+
+    def running(self) -> None:
+        """BrokerError unless the loop thread runs: closed, or a forked child (threads do not survive a fork)."""
+        if not self._thread.is_alive():
+            raise BrokerError("the RabbitMQ broker is closed, or this process forked from the one that opened it")
 
     async def connect(self) -> None:
         """Open the connection and channels unless they are open; a new connection is a new generation."""
@@ -240,9 +256,10 @@ class RabbitMQBroker(Broker):
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         return self._take_here(queues, limit) or self.call(self._fetch(queues, limit))
 
-    def _take_here(self, queues: Sequence[str], limit: int) -> list[Delivery]:
-        """Take from the buffer on the caller's thread when a fetch would make no round trip: every
-        queue consumed, none of our own publishes to look for, and the QoS already right."""
+    def _take_here(self, queues: Sequence[str], limit: int, wait: float = 0.0) -> list[Delivery]:
+        """Take from the buffer on the caller's thread, waiting up to ``wait`` s for a push, when a fetch
+        would make no round trip: every queue consumed, none of our own publishes to look for, and
+        the QoS already right."""
         with self._holdings.lock:
             if self._published or self._connection is None or any(q not in self._consuming for q in queues):
                 return []
@@ -250,14 +267,20 @@ class RabbitMQBroker(Broker):
                 settled = self._qos >= max(limit, 1)  # a per-consumer QoS that only grows
             else:
                 settled = self._qos == self._holdings.started() + max(limit, 1)
-            return self._holdings.take(queues, limit) if settled else []
+            if not settled:
+                return []
+            taken = self._holdings.take(queues, limit)
+            if not taken and wait > 0:
+                self._holdings.wait(queues, wait, lambda: self._connection is None)
+                taken = self._holdings.take(queues, limit)
+            return taken
 
-    async def _fetch(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+    async def _fetch(self, queues: Sequence[str], limit: int, waited: bool = False) -> list[Delivery]:
         look = await self._consume(queues, limit) or self._published  # just started, or our own messages
         taken = self._holdings.take(queues, limit)
         if len(taken) == limit or (taken and not look):
             return taken  # the rest is on its way, or not there: no round trip on a worker's busy path
-        if not look:  # the acks just sent free credit: the next push is usually a round trip away
+        if not look and not waited:  # acks just sent free credit: the next push is usually a round trip away
             self._pushed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pushed.wait(), 0.002)
@@ -282,13 +305,16 @@ class RabbitMQBroker(Broker):
     def ack_and_fetch(
         self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
     ) -> tuple[list[Delivery], list[Delivery]]:
-        if not acks and (taken := self._take_here(queues, limit)):
-            return [], taken  # the idle path: a delivery just arrived, no hop onto the loop
-
-        async def both() -> tuple[list[Delivery], list[Delivery]]:
-            return await self._ack(acks), await self._fetch(queues, limit)
-
-        return self.call(both())
+        lost, sending = settling.ack_soon(self, acks) if acks else ([], None)
+        # the acks free credit: what RabbitMQ pushes for it is usually a round trip away; meanwhile
+        # the loop sends them (if this thread waited for that, the loop would wake it a round trip early)
+        taken = self._take_here(queues, limit, 0.002 if sending else 0.0)
+        if sending is not None:  # they leave before the next message starts: a crash then does not run them again
+            failed: list[Delivery] = self.result(sending)
+            lost += failed
+        if taken:
+            return lost, taken  # the busy and idle paths: no hop onto the loop for the fetch
+        return lost, self.call(self._fetch(queues, limit, waited=sending is not None))
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -298,14 +324,9 @@ class RabbitMQBroker(Broker):
             self.call(self._consume(queues, self._limit))
         self._holdings.wait(queues, max(0.0, deadline - time.monotonic()), lambda: self._connection is None)
 
-    # -- settling ------------------------------------------------------------------------------
+    # -- settling (rabbitmq_settle) -------------------------------------------------------------
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        return self.call(self._ack(deliveries)) if deliveries else []
-
-    async def _ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        held = [(delivery, self._holdings.held.pop(delivery.token, None)) for delivery in deliveries]
-        lost = [delivery for delivery, entry in held if entry is None]
-        return lost + await self._acks.ack([(e[1], e[0], d) for d, e in held if e is not None], self._generation)
+        return self.call(settling.ack(self, deliveries)) if deliveries else []
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         held = self._holdings.held
@@ -313,41 +334,15 @@ class RabbitMQBroker(Broker):
 
     def retry(self, delivery: Delivery, delay_ms: int) -> None:
         delay_units(delay_ms)
-        self.call(self._settle(delivery, send, delivery.deliveries, max(delay_ms, 0)))
+        self.call(settling.settle(self, delivery, send, delivery.deliveries, max(delay_ms, 0)))
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            self.call(self._release(deliveries))
-
-    async def _release(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            with contextlib.suppress(LeaseLost):
-                await self._settle(delivery, send, delivery.deliveries - 1, 0)
+            self.call(settling.release(self, deliveries))
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
-        self.call(self._settle(delivery, functools.partial(send_dead, failure=failure), delivery.deliveries, 0))
-
-    async def _settle(self, delivery: Delivery, publish: Any, delivered: int, delay_ms: int) -> None:
-        """Publish what replaces ``delivery`` (confirmed), then ack it; LeaseLost if not the holder.
-        The delivery is claimed first, so a concurrent ack or settle of it cannot ack it twice."""
-        if (held := self._holdings.claim(delivery.token)) is None:
-            raise LeaseLost(f"message {delivery.id} was received on a connection that is gone")
-        generation = int(delivery.token.partition(".")[0])
-        self._settling.add(delivery.token)
-        try:
-            await self.connect()
-            record = Record(delivery.id, delivery.queue, delivery.body, delivery.priority, delay_ms)
-            if delay_ms > 0:
-                await self.topology.delays(self.channel, delivery.queue)
-            await publish(self, record, delivered)
-        except BaseException:
-            if generation == self._generation:  # still held: the caller may try again
-                self._holdings.restore(delivery.token, held)
-            raise
-        finally:
-            self._settling.discard(delivery.token)
-        self._published = True
-        await self._acks.single(*held, generation)
+        dead = functools.partial(send_dead, failure=failure)
+        self.call(settling.settle(self, delivery, dead, delivery.deliveries, 0))
 
     # -- inspecting and operating --------------------------------------------------------------
     def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
