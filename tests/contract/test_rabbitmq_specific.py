@@ -7,6 +7,7 @@ Both queue types run: classic (priorities, our own delivery count) and quorum (R
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -14,13 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from taskmill.brokers import Broker, Delivery, Failure, Record, open_broker
 from taskmill.brokers.rabbitmq import RabbitMQBroker
-from taskmill.errors import BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
+from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
 from taskmill.message import new_message_id
 
 T = TypeVar("T")
@@ -66,6 +67,17 @@ def wait_for(probe: Callable[[], T], timeout: float = 10.0) -> T:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
     return result
+
+
+def publish_apart(url: str, records: list[Record]) -> None:
+    """Publish ``records`` one by one from a broker of their own (a consumer that published looks
+    for its own messages on the loop, not in its buffer)."""
+    publisher = open_broker(url)
+    try:
+        for record in records:
+            publisher.publish([record])
+    finally:
+        publisher.close()
 
 
 def test_a_killed_holders_message_comes_back_at_once_counted(broker: Broker, url: str) -> None:
@@ -165,12 +177,7 @@ os._exit(0)  # as a process killed while it runs the next message
 
 def test_a_fetch_returns_only_once_its_acks_are_on_their_way(url: str) -> None:
     records = [Record(new_message_id(), "a", b"x"), Record(new_message_id(), "b", b"x")]
-    publisher = open_broker(url)
-    try:
-        for record in records:
-            publisher.publish([record])
-    finally:
-        publisher.close()
+    publish_apart(url, records)
     done = subprocess.run([sys.executable, "-c", ACK_THEN_DIE, url], capture_output=True, text=True, check=True)
     acked, started = done.stdout.split()
     assert started == "1"
@@ -182,6 +189,67 @@ def test_a_fetch_returns_only_once_its_acks_are_on_their_way(url: str) -> None:
         assert [d.id for d in back] == [r.id for r in records if r.id != acked]
     finally:
         other.close()
+
+
+def test_acks_that_cannot_be_queued_in_time_drop_the_connection_and_strand_nothing(url: str) -> None:
+    records = [Record(new_message_id(), "a", b"x"), Record(new_message_id(), "b", b"x")]
+    broker = open_broker(f"{url}&timeout=0.3", max_deliveries=MAX_DELIVERIES)
+    assert isinstance(broker, RabbitMQBroker)
+    try:
+        for record in records:
+            broker.publish([record])
+        first = wait_for(lambda: broker.fetch(["a", "b"], 1, 30_000))
+        time.sleep(0.3)  # on quorum queues the other one is pushed too, and waits in the buffer
+        acker, ack = broker._acks, broker._acks.ack
+
+        async def stalled(*args: Any, **kwargs: Any) -> Any:  # as a connection RabbitMQ blocked (an alarm)
+            await asyncio.sleep(1.5)
+            return await ack(*args, **kwargs)
+
+        acker.ack = stalled  # type: ignore[method-assign]
+        try:
+            with pytest.raises(BrokerUnavailable):
+                broker.ack_and_fetch(first, ["a", "b"], 1, 30_000)
+        finally:
+            acker.ack = ack  # type: ignore[method-assign]
+        back: list[Delivery] = []  # the connection was dropped: both come back, none is left unreachable
+        deadline = time.monotonic() + 10
+        while len(back) < 2 and time.monotonic() < deadline:
+            back += broker.fetch(["a", "b"], 2, 30_000)
+            time.sleep(0.05)
+        assert sorted(d.id for d in back) == sorted(r.id for r in records)
+    finally:
+        broker.close()
+
+
+def test_a_forked_child_cannot_take_what_its_parent_received(url: str) -> None:
+    publish_apart(url, [Record(new_message_id(), "a", b"x"), Record(new_message_id(), "b", b"x")])
+    broker = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        wait_for(lambda: broker.fetch(["a", "b"], 1, 30_000))
+        time.sleep(0.3)  # on quorum queues the other one waits in the parent's buffer
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover -- the child reports through its exit code, whatever happens
+            code = 2
+            try:
+                code = 0
+                calls = (
+                    lambda: broker.fetch(["a", "b"], 1, 30_000),
+                    lambda: broker.ack_and_fetch([], ["a", "b"], 1, 1),
+                )
+                for call in calls:
+                    try:
+                        call()
+                        code = 1
+                    except BrokerError:
+                        pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child took a delivery its parent holds"
+        assert len(wait_for(lambda: broker.fetch(["a", "b"], 1, 30_000))) == 1  # still the parent's to run
+    finally:
+        broker.close()
 
 
 def test_a_fetch_after_acks_takes_the_message_pushed_for_their_credit(broker: Broker) -> None:

@@ -142,12 +142,13 @@ class RabbitMQBroker(Broker):
                 self.topology.reset()
 
     def _forget(self) -> None:
-        self._generation += 1
-        self.topology.reset()
-        self._consuming.clear()
-        self._qos = 0
-        self._acks.reset(self._generation)
-        self._holdings.forget()
+        with self._holdings.lock:  # ack_soon reads the generation with what it takes out of the held ones
+            self._generation += 1
+            self.topology.reset()
+            self._consuming.clear()
+            self._qos = 0
+            self._acks.reset(self._generation)
+            self._holdings.forget()
 
     # -- producing -----------------------------------------------------------------------------
     def publish(self, records: Sequence[Record]) -> None:
@@ -256,24 +257,22 @@ class RabbitMQBroker(Broker):
     def fetch(self, queues: Sequence[str], limit: int, lease_ms: int) -> list[Delivery]:
         return self._take_here(queues, limit) or self.call(self._fetch(queues, limit))
 
-    def _take_here(self, queues: Sequence[str], limit: int, wait: float = 0.0) -> list[Delivery]:
-        """Take from the buffer on the caller's thread, waiting up to ``wait`` s for a push, when a fetch
-        would make no round trip: every queue consumed, none of our own publishes to look for, and
-        the QoS already right."""
+    def _take_here(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Take from the buffer on the caller's thread when a fetch would make no round trip."""
+        with self._holdings.lock:
+            return self._holdings.take(queues, limit) if self._served_here(queues, limit) else []
+
+    def _served_here(self, queues: Sequence[str], limit: int) -> bool:
+        """Whether the buffer can serve a fetch: every queue consumed, none of our own publishes to
+        look for, and the QoS already right. BrokerError if the loop thread is gone (a forked child
+        must not hand out what its parent received)."""
+        self.running()
         with self._holdings.lock:
             if self._published or self._connection is None or any(q not in self._consuming for q in queues):
-                return []
+                return False
             if self.options.queue_type == "quorum":
-                settled = self._qos >= max(limit, 1)  # a per-consumer QoS that only grows
-            else:
-                settled = self._qos == self._holdings.started() + max(limit, 1)
-            if not settled:
-                return []
-            taken = self._holdings.take(queues, limit)
-            if not taken and wait > 0:
-                self._holdings.wait(queues, wait, lambda: self._connection is None)
-                taken = self._holdings.take(queues, limit)
-            return taken
+                return self._qos >= max(limit, 1)  # a per-consumer QoS that only grows
+            return self._qos == self._holdings.started() + max(limit, 1)
 
     async def _fetch(self, queues: Sequence[str], limit: int, waited: bool = False) -> list[Delivery]:
         look = await self._consume(queues, limit) or self._published  # just started, or our own messages
@@ -306,15 +305,15 @@ class RabbitMQBroker(Broker):
         self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, lease_ms: int
     ) -> tuple[list[Delivery], list[Delivery]]:
         lost, sending = settling.ack_soon(self, acks) if acks else ([], None)
-        # the acks free credit: what RabbitMQ pushes for it is usually a round trip away; meanwhile
-        # the loop sends them (if this thread waited for that, the loop would wake it a round trip early)
-        taken = self._take_here(queues, limit, 0.002 if sending else 0.0)
-        if sending is not None:  # they leave before the next message starts: a crash then does not run them again
-            failed: list[Delivery] = self.result(sending)
+        waited = sending is not None and self._served_here(queues, limit)
+        if waited:  # the acks free credit: the push it brings is usually a round trip away
+            self._holdings.wait(queues, 0.002, lambda: self._connection is None)  # the loop wakes us with it
+        if sending is not None:  # queued before the next message starts: a crash then does not run them again
+            failed: list[Delivery] = settling.acked(self, sending)
             lost += failed
-        if taken:
+        if taken := self._take_here(queues, limit):
             return lost, taken  # the busy and idle paths: no hop onto the loop for the fetch
-        return lost, self.call(self._fetch(queues, limit, waited=sending is not None))
+        return lost, self.call(self._fetch(queues, limit, waited=waited))
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -326,7 +325,7 @@ class RabbitMQBroker(Broker):
 
     # -- settling (rabbitmq_settle) -------------------------------------------------------------
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        return self.call(settling.ack(self, deliveries)) if deliveries else []
+        return settling.acked(self, self.start(settling.ack(self, deliveries))) if deliveries else []
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         held = self._holdings.held

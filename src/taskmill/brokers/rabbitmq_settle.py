@@ -1,6 +1,6 @@
 """Settling deliveries for the RabbitMQ broker (``rabbitmq``), on its event loop unless said otherwise.
 
-- ``ack`` acks and waits until the frames are queued on the consuming channel.
+- ``ack`` acks (the caller waits with ``acked`` until the frames are queued on the consuming channel).
 - ``ack_soon`` is the worker's busy path: it takes the deliveries out of the held ones on the
   caller's thread and starts the frames on the loop, so the fetch that follows counts their credit
   as free and waits for RabbitMQ's next push on the caller's thread; by the time the push comes the
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from taskmill.brokers.base import Delivery, Record
 from taskmill.brokers.rabbitmq_publish import send
-from taskmill.errors import LeaseLost
+from taskmill.errors import BrokerUnavailable, LeaseLost
 
 if TYPE_CHECKING:
     from taskmill.brokers.rabbitmq import RabbitMQBroker
 
-__all__ = ["Sending", "ack", "ack_soon", "release", "settle"]
+__all__ = ["Sending", "ack", "ack_soon", "acked", "release", "settle"]
 
 Sending = Future[list[Delivery]]  # acks on their way: the deliveries whose frames could not be sent
 
@@ -39,11 +39,29 @@ def ack_soon(broker: RabbitMQBroker, deliveries: Sequence[Delivery]) -> tuple[li
     """(Any thread) Start acking ``deliveries`` on the loop: (those not held, as their connection is
     gone; a future of the others whose frames could not be sent, or None if there are no others)."""
     broker.running()
-    with broker._holdings.lock:
+    with broker._holdings.lock:  # the generation these entries belong to: a reconnect changes it under this lock
         held = [(delivery, broker._holdings.held.pop(delivery.token, None)) for delivery in deliveries]
+        generation = broker._generation
     entries = [(entry[1], entry[0], delivery) for delivery, entry in held if entry is not None]
     gone = [delivery for delivery, entry in held if entry is None]
-    return gone, broker.start(broker._acks.ack(entries, broker._generation)) if entries else None
+    return gone, broker.start(broker._acks.ack(entries, generation)) if entries else None
+
+
+def acked(broker: RabbitMQBroker, sending: Sending) -> list[Delivery]:
+    """Wait for acks started on the loop; the ones whose connection is gone. When they cannot be
+    queued in time the connection is dropped: RabbitMQ gives back what it held, whose acks may never
+    leave, rather than count those slots as taken until a reconnect."""
+    generation = broker._generation
+    try:
+        return broker.result(sending)
+    except BrokerUnavailable:
+        broker.loop.call_soon_threadsafe(_drop, broker, generation)
+        raise
+
+
+def _drop(broker: RabbitMQBroker, generation: int) -> None:
+    if generation == broker._generation:  # not a connection opened since
+        broker._closed()
 
 
 async def release(broker: RabbitMQBroker, deliveries: Sequence[Delivery]) -> None:
