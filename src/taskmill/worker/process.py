@@ -219,7 +219,8 @@ def _logger_steps() -> tuple[Any, ...]:
 def _stock_steps() -> tuple[Any, ...] | None:
     """``_logger_steps()`` if every one is the standard library's own (nobody wrapped them yet), else None."""
     steps = _logger_steps()
-    return steps if all(step.__code__.co_filename == logging.__file__ for step in steps) else None
+    stock = all(getattr(getattr(step, "__code__", None), "co_filename", None) == logging.__file__ for step in steps)
+    return steps if stock else None
 
 
 def run_child(config: WorkerConfig) -> None:
