@@ -252,6 +252,22 @@ def test_a_forked_child_cannot_take_what_its_parent_received(url: str) -> None:
         broker.close()
 
 
+def test_acks_sent_with_a_fetch_are_settled_when_the_broker_closes(broker: Broker, url: str) -> None:
+    broker.publish([Record(new_message_id(), "default", b"x") for _ in range(4)])
+    held: list[Delivery] = []
+    while len(held) < 4:
+        held += wait_for(lambda: broker.fetch(["default"], 4, 30_000))
+    assert broker.ack_and_fetch(held, ["default"], 4, 30_000) == ([], [])
+    broker.close()
+    other = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        time.sleep(0.3)  # a message given back by the close would be pushed by now
+        assert other.fetch(["default"], 4, 30_000) == []
+        assert [(s.ready, s.in_flight) for s in other.stats(["default"])] == [(0, 0)]
+    finally:
+        other.close()
+
+
 def test_a_fetch_after_acks_takes_the_message_pushed_for_their_credit(broker: Broker) -> None:
     broker.publish([Record(new_message_id(), "default", b"x") for _ in range(3)])
     first = wait_for(lambda: broker.fetch(["default"], 1, 30_000))
