@@ -325,7 +325,8 @@ class RabbitMQBroker(Broker):
 
     # -- settling (rabbitmq_settle) -------------------------------------------------------------
     def ack(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        return settling.acked(self, self.start(settling.ack(self, deliveries))) if deliveries else []
+        lost, sending = settling.ack_soon(self, deliveries) if deliveries else ([], None)
+        return lost + settling.acked(self, sending) if sending is not None else lost
 
     def extend(self, deliveries: Sequence[Delivery], lease_ms: int) -> list[Delivery]:
         held = self._holdings.held

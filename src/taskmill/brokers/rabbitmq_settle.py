@@ -1,7 +1,7 @@
 """Settling deliveries for the RabbitMQ broker (``rabbitmq``), on its event loop unless said otherwise.
 
-- ``ack`` acks (the caller waits with ``acked`` until the frames are queued on the consuming channel).
-- ``ack_soon`` is the worker's busy path: it takes the deliveries out of the held ones on the
+- ``ack_soon`` starts acks, and ``acked`` waits until their frames are queued on the consuming
+  channel. In the worker's busy path ``ack_soon`` takes the deliveries out of the held ones on the
   caller's thread and starts the frames on the loop, so the fetch that follows counts their credit
   as free and waits for RabbitMQ's next push on the caller's thread; by the time the push comes the
   frames are long queued, so the caller does not wait for them on their own.
@@ -23,16 +23,9 @@ from taskmill.errors import BrokerUnavailable, LeaseLost
 if TYPE_CHECKING:
     from taskmill.brokers.rabbitmq import RabbitMQBroker
 
-__all__ = ["Sending", "ack", "ack_soon", "acked", "release", "settle"]
+__all__ = ["Sending", "ack_soon", "acked", "release", "settle"]
 
 Sending = Future[list[Delivery]]  # acks on their way: the deliveries whose frames could not be sent
-
-
-async def ack(broker: RabbitMQBroker, deliveries: Sequence[Delivery]) -> list[Delivery]:
-    """Ack ``deliveries``; those whose connection is gone (RabbitMQ has them back)."""
-    held = [(delivery, broker._holdings.held.pop(delivery.token, None)) for delivery in deliveries]
-    lost = [delivery for delivery, entry in held if entry is None]
-    return lost + await broker._acks.ack([(e[1], e[0], d) for d, e in held if e is not None], broker._generation)
 
 
 def ack_soon(broker: RabbitMQBroker, deliveries: Sequence[Delivery]) -> tuple[list[Delivery], Sending | None]:
