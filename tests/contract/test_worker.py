@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -502,6 +503,90 @@ def test_a_busy_worker_fetches_on_the_thread_that_frees_a_slot(app: App, start_w
     assert (stats.ready, stats.in_flight) == (0, 0)
 
 
+def test_a_message_retried_at_once_takes_a_slot_of_its_own_while_its_first_thread_settles(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    """A retry with no delay makes the message ready again while the thread that ran it still
+    settles it (here: logs the retry). Fetched again at once, the second delivery takes a slot of its
+    own: the worker never holds more messages than it has threads."""
+    gate, blocked = threading.Event(), threading.Event()
+    started: list[str] = []
+
+    class HoldTheRetryLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retry in" in record.getMessage():
+                blocked.set()
+                gate.wait(10)
+
+    @app.actor
+    def flaky() -> None:
+        started.append("flaky")
+        if started.count("flaky") == 1:
+            raise Retry(delay=0)
+        gate.wait(10)  # the second delivery runs on until the first is released
+
+    @app.actor
+    def other() -> None:
+        started.append("other")
+
+    handler = HoldTheRetryLine()
+    flaky.logger.addHandler(handler)
+    try:
+        flaky.send()
+        worker = start_worker(threads=2)
+        assert blocked.wait(10)
+        wait_for(lambda: started.count("flaky") == 2)  # the second delivery, fetched at once
+        assert worker.in_flight == 2  # the first still holds its slot: the worker is full
+        other.send()
+        time.sleep(0.3)
+        assert "other" not in started
+        gate.set()
+        wait_for(lambda: "other" in started)
+        wait_for(lambda: worker.in_flight == 0)
+        wait_for(lambda: app.broker.stats()[0].in_flight == 0)
+    finally:
+        gate.set()
+        flaky.logger.removeHandler(handler)
+    assert started == ["flaky", "flaky", "other"]
+
+
+@pytest.mark.needs("expiring_leases")
+def test_a_dead_letter_report_that_raises_strands_nothing_its_fetch_leased(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    """The crash guard dead-letters a message inside a fetch, and the fetch loop reports it (a log
+    line, the hooks). If the report raises, what that fetch leased runs now, not once its lease
+    runs out, and the worker goes on."""
+    ran: list[int] = []
+
+    @app.actor
+    def work(n: int) -> None:
+        ran.append(n)
+
+    work.send(0)  # its leases run out max_deliveries times: the next fetch dead-letters it
+    for _ in range(app.broker.max_deliveries):
+        wait_for(lambda: bool(app.broker.fetch(["default"], 1, 100)))
+        time.sleep(0.15)
+    work.send(1)
+
+    class Refuse(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if "delivery_limit after" in record.getMessage():
+                raise RuntimeError("a log filter failed")
+            return True
+
+    logger, refuse = logging.getLogger("taskmill.worker"), Refuse()
+    logger.addFilter(refuse)
+    try:
+        start_worker(threads=2)
+        wait_for(lambda: ran == [1], timeout=4)  # its lease is 5 s: not waited out
+        work.send(2)
+        wait_for(lambda: ran == [1, 2], timeout=4)
+    finally:
+        logger.removeFilter(refuse)
+    assert dead_reasons(app.broker) == ["delivery_limit"]
+
+
 def test_an_ack_that_failed_while_every_slot_filled_is_sent_again_at_once(
     app: App, start_worker: Callable[..., Worker]
 ) -> None:
@@ -565,8 +650,11 @@ def test_a_message_that_finishes_during_a_graceful_stop_is_acked_at_once(app: Ap
 
     broker.ack, broker.ack_and_fetch = recording_ack, recording_ack_and_fetch  # type: ignore[method-assign,assignment]
 
+    started: list[str] = []
+
     @app.actor
     def work(tag: str) -> None:
+        started.append(tag)
         if tag == "long":
             gate.wait(10)
         else:
@@ -575,7 +663,7 @@ def test_a_message_that_finishes_during_a_graceful_stop_is_acked_at_once(app: Ap
     long, short = work.send("long"), work.send("short")
     worker = Worker(app, threads=2)
     worker.start()
-    wait_for(lambda: worker.in_flight == 2)
+    wait_for(lambda: len(started) == 2)  # in flight is not enough: a stop gives back what has not started
     stopping = threading.Thread(target=worker.stop, kwargs={"grace": 10})
     stopping.start()
     try:

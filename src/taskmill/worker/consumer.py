@@ -46,7 +46,7 @@ class Worker:
         self.burst = burst
         self.lease_ms = int(app.settings.lease_seconds * 1000)
         self._work: queue_module.SimpleQueue[Delivery | None] = queue_module.SimpleQueue()
-        self._in_flight: dict[str, Delivery] = {}
+        self._in_flight: dict[int, Delivery] = {}  # id(delivery): two deliveries of one message hold two slots
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -58,7 +58,7 @@ class Worker:
         self._flushing = False  # a thread is sending queued acks (the loop idles, or a stop began)
         self._role_free = False  # nobody runs the fetch loop: the next thread to free a slot takes it
         self._taker = 0  # the thread that took it, until it starts the loop
-        self._lost: set[str] = set()  # ids whose lease a heartbeat found lost (logged once)
+        self._lost: set[int] = set()  # in-flight deliveries whose lease a heartbeat found lost (logged once)
         self._pool: list[threading.Thread] = []
 
     @property
@@ -213,8 +213,11 @@ class Worker:
                 continue
             was_woken, woken = woken, False
             executor.log_lost_acks(lost)
-            for dead in broker.take_buried():
-                executor.buried(self.app, dead)
+            try:
+                executor.buried(self.app, broker.take_buried())
+            except BaseException:  # what this fetch leased goes back now, not when its leases run out
+                self._give_back(deliveries, "fetched with a dead letter whose report failed")
+                raise
             if deliveries:
                 failures = 0  # a whole round worked: the broker is back
                 if (kept := self._dispatch(deliveries, was_woken)) is not None:
@@ -246,13 +249,10 @@ class Worker:
         with self._changed:  # under the lock stop() waits with, so no batch slips past it
             if not (stopping := self._stopping.is_set()):
                 hand_over = woken and not self._in_flight
-                self._in_flight.update((d.id, d) for d in deliveries)
+                self._in_flight.update((id(d), d) for d in deliveries)
                 self._role_free = full = len(self._in_flight) >= self.threads
         if stopping:  # fetched as the stop began: give them back at once (or they come back with their leases)
-            try:
-                self.app.broker.release(deliveries)
-            except BrokerError as exc:
-                log.warning("could not give back %d messages fetched as the stop began (%s)", len(deliveries), exc)
+            self._give_back(deliveries, "fetched as the stop began")
             return None
         kept = deliveries[0] if full or hand_over else None
         for delivery in deliveries[1:] if kept else deliveries:
@@ -260,6 +260,13 @@ class Worker:
         if kept and not full:
             self._work.put(_FETCH)
         return kept
+
+    def _give_back(self, deliveries: list[Delivery], why: str) -> None:
+        """Release fetched deliveries that will not run here (uncounted), or say they return with their leases."""
+        try:
+            self.app.broker.release(deliveries)
+        except BrokerError as exc:
+            log.warning("could not give back %d messages %s (%s)", len(deliveries), why, exc)
 
     def _idle_wait(self, broker: Broker) -> Exception | None:
         """Wait for new messages; the broker's error if the wait failed."""
@@ -296,9 +303,8 @@ class Worker:
 
     def _free(self, delivery: Delivery) -> None:
         """Give up ``delivery``'s slot (``self._changed`` held): the fetch loop may fill it at once."""
-        if self._in_flight.get(delivery.id) is delivery:  # a retry may already hold this id again
-            del self._in_flight[delivery.id]
-            self._lost.discard(delivery.id)
+        if self._in_flight.pop(id(delivery), None) is not None:
+            self._lost.discard(id(delivery))
             self._take_role()
             self._changed.notify_all()
 
@@ -314,8 +320,8 @@ class Worker:
     def _first_losses(self, lost: list[Delivery]) -> list[Delivery]:
         """Of the deliveries a heartbeat found lost, those still in flight and not reported yet."""
         with self._changed:
-            fresh = [d for d in lost if self._in_flight.get(d.id) is d and d.id not in self._lost]
-            self._lost.update(d.id for d in fresh)
+            fresh = [d for d in lost if self._in_flight.get(id(d)) is d and id(d) not in self._lost]
+            self._lost.update(id(d) for d in fresh)
             return fresh
 
     # -- one message ---------------------------------------------------------------------------

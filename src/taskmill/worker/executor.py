@@ -145,14 +145,15 @@ def dead_letter_hooks(app: App, message_id: str, message: Message | None, failur
             log.exception("middleware %s failed in before_dead_letter for %s", name, message_id)
 
 
-def buried(app: App, dead: DeadLetter) -> None:
-    """The broker's crash guard dead-lettered a message while fetching: log it and run the hooks."""
-    try:
-        message: Message | None = Message.decode(dead.body)
-    except DecodeError:
-        message = None
-    log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
-    dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+def buried(app: App, dead_letters: list[DeadLetter]) -> None:
+    """The broker's crash guard dead-lettered these while fetching: log each and run the hooks."""
+    for dead in dead_letters:
+        try:
+            message: Message | None = Message.decode(dead.body)
+        except DecodeError:
+            message = None
+        log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
+        dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
 
 
 def dead_letter(app: App, lease_ms: int, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
