@@ -550,6 +550,47 @@ def test_a_message_retried_at_once_takes_a_slot_of_its_own_while_its_first_threa
     assert started == ["flaky", "flaky", "other"]
 
 
+def test_a_heartbeat_while_a_retried_message_settles_reports_no_lost_lease(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once its thread has retried a message, the old delivery's lease is gone by design: heartbeats
+    that come before the thread frees its slot neither renew it nor warn that it was lost."""
+    app = App(broker=broker, lease_seconds=0.6)  # a heartbeat every 0.2 s
+    release, blocked = threading.Event(), threading.Event()
+    started: list[str] = []
+
+    class HoldTheRetryLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retry in" in record.getMessage():
+                blocked.set()
+                release.wait(10)
+
+    @app.actor
+    def flaky() -> None:
+        started.append("flaky")
+        if len(started) == 1:
+            raise Retry(delay=0)
+        release.wait(10)
+
+    handler = HoldTheRetryLine()
+    flaky.logger.addHandler(handler)
+    caplog.set_level(logging.WARNING)
+    worker = Worker(app, threads=2)
+    try:
+        flaky.send()
+        worker.start()
+        assert blocked.wait(10)
+        wait_for(lambda: len(started) == 2)
+        time.sleep(0.7)  # three heartbeats or more while the first thread still holds its slot
+        release.set()
+        wait_for(lambda: worker.in_flight == 0)
+    finally:
+        release.set()
+        worker.stop(grace=5)
+        flaky.logger.removeHandler(handler)
+    assert [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()] == []
+
+
 @pytest.mark.needs("expiring_leases")
 def test_a_dead_letter_report_that_raises_strands_nothing_its_fetch_leased(
     app: App, start_worker: Callable[..., Worker]

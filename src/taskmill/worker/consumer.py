@@ -58,12 +58,12 @@ class Worker:
         self._flushing = False  # a thread is sending queued acks (the loop idles, or a stop began)
         self._role_free = False  # nobody runs the fetch loop: the next thread to free a slot takes it
         self._taker = 0  # the thread that took it, until it starts the loop
-        self._lost: set[int] = set()  # in-flight deliveries whose lease a heartbeat found lost (logged once)
+        self._unrenewed: set[int] = set()  # in flight, renewed no more: settling, or its lost lease was logged
         self._pool: list[threading.Thread] = []
 
     @property
     def in_flight(self) -> int:
-        """Messages fetched and not yet finished (a finished one's ack may still be on its way)."""
+        """Deliveries fetched and not yet finished (a finished one's ack may still be on its way)."""
         return len(self._in_flight)
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Worker:
             try:
                 executor.buried(self.app, broker.take_buried())
             except BaseException:  # what this fetch leased goes back now, not when its leases run out
-                self._give_back(deliveries, "fetched with a dead letter whose report failed")
+                executor.give_back(self.app, deliveries, "fetched with a dead letter whose report failed")
                 raise
             if deliveries:
                 failures = 0  # a whole round worked: the broker is back
@@ -252,7 +252,7 @@ class Worker:
                 self._in_flight.update((id(d), d) for d in deliveries)
                 self._role_free = full = len(self._in_flight) >= self.threads
         if stopping:  # fetched as the stop began: give them back at once (or they come back with their leases)
-            self._give_back(deliveries, "fetched as the stop began")
+            executor.give_back(self.app, deliveries, "fetched as the stop began")
             return None
         kept = deliveries[0] if full or hand_over else None
         for delivery in deliveries[1:] if kept else deliveries:
@@ -260,13 +260,6 @@ class Worker:
         if kept and not full:
             self._work.put(_FETCH)
         return kept
-
-    def _give_back(self, deliveries: list[Delivery], why: str) -> None:
-        """Release fetched deliveries that will not run here (uncounted), or say they return with their leases."""
-        try:
-            self.app.broker.release(deliveries)
-        except BrokerError as exc:
-            log.warning("could not give back %d messages %s (%s)", len(deliveries), why, exc)
 
     def _idle_wait(self, broker: Broker) -> Exception | None:
         """Wait for new messages; the broker's error if the wait failed."""
@@ -304,7 +297,7 @@ class Worker:
     def _free(self, delivery: Delivery) -> None:
         """Give up ``delivery``'s slot (``self._changed`` held): the fetch loop may fill it at once."""
         if self._in_flight.pop(id(delivery), None) is not None:
-            self._lost.discard(id(delivery))
+            self._unrenewed.discard(id(delivery))
             self._take_role()
             self._changed.notify_all()
 
@@ -315,13 +308,13 @@ class Worker:
 
     def _held(self) -> list[Delivery]:
         with self._changed:
-            return list(self._in_flight.values())
+            return [d for key, d in self._in_flight.items() if key not in self._unrenewed]
 
     def _first_losses(self, lost: list[Delivery]) -> list[Delivery]:
         """Of the deliveries a heartbeat found lost, those still in flight and not reported yet."""
         with self._changed:
-            fresh = [d for d in lost if self._in_flight.get(id(d)) is d and id(d) not in self._lost]
-            self._lost.update(id(d) for d in fresh)
+            fresh = [d for d in lost if self._in_flight.get(id(d)) is d and id(d) not in self._unrenewed]
+            self._unrenewed.update(id(d) for d in fresh)
             return fresh
 
     # -- one message ---------------------------------------------------------------------------
@@ -344,6 +337,8 @@ class Worker:
             self._ack(delivery)
             executor.log_done(logger, delivery, outcome, settings.log_args, settings.log_args_max)
             return
+        with self._changed:  # a retry or dead letter ends the lease: a heartbeat finding it gone is no news
+            self._unrenewed.add(id(delivery))
         where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
             executor.dead_letter(self.app, self.lease_ms, delivery, outcome.rejected, outcome)

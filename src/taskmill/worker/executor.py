@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskmill import encoding
 from taskmill.brokers.base import DeadLetter, Delivery, Failure
-from taskmill.errors import ActorNotFound, DecodeError, LeaseLost, PayloadTooLarge, TimeLimitExceeded
+from taskmill.errors import ActorNotFound, BrokerError, DecodeError, LeaseLost, PayloadTooLarge, TimeLimitExceeded
 from taskmill.message import Message
 from taskmill.middleware.base import overriding
 
@@ -41,6 +41,7 @@ __all__ = [
     "describe",
     "execute",
     "failure_from",
+    "give_back",
     "interrupt_thread",
     "log_done",
     "log_lost_acks",
@@ -146,14 +147,31 @@ def dead_letter_hooks(app: App, message_id: str, message: Message | None, failur
 
 
 def buried(app: App, dead_letters: list[DeadLetter]) -> None:
-    """The broker's crash guard dead-lettered these while fetching: log each and run the hooks."""
+    """The broker's crash guard dead-lettered these while fetching: log each and run the hooks. One
+    whose report raises does not keep the others from theirs; the first error is raised after."""
+    failed: Exception | None = None
     for dead in dead_letters:
         try:
-            message: Message | None = Message.decode(dead.body)
-        except DecodeError:
-            message = None
-        log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
-        dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+            try:
+                message: Message | None = Message.decode(dead.body)
+            except DecodeError:
+                message = None
+            log.error("message %s dead-lettered: %s after %d deliveries", dead.id, dead.reason, dead.deliveries)
+            dead_letter_hooks(app, dead.id, message, Failure(dead.reason, error_message=dead.error_message))
+        except Exception as exc:  # noqa: BLE001 -- raised below, once every dead letter had its turn
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+
+
+def give_back(app: App, deliveries: list[Delivery], why: str) -> None:
+    """Release fetched deliveries that will not run here, uncounted. If that fails they come back when
+    their leases run out (on RabbitMQ, when the connection closes)."""
+    if deliveries:
+        try:
+            app.broker.release(deliveries)
+        except BrokerError as exc:
+            log.warning("could not give back %d messages %s (%s)", len(deliveries), why, exc)
 
 
 def dead_letter(app: App, lease_ms: int, delivery: Delivery, failure: Failure, outcome: Outcome) -> None:
