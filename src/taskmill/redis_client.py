@@ -90,6 +90,11 @@ class RedisClient:
         """Run one command and return its reply (an error reply raises ``BrokerError``)."""
         return _checked(self._roundtrip(hiredis.pack_command(args), 1)[0])
 
+    def call_once(self, *args: Any) -> Any:
+        """``call`` with no second try: a connection error or timeout raises ``BrokerUnavailable`` at
+        once, so the caller knows a reply may have been lost (a ``BLPOP`` that popped, say)."""
+        return _checked(self._roundtrip(hiredis.pack_command(args), 1, retry=False)[0])
+
     def pipeline(self, commands: Sequence[tuple[Any, ...]], *, transaction: bool = False) -> list[Any]:
         """Send ``commands`` in one write and return their replies in order (in MULTI/EXEC when
         ``transaction``); the first error reply raises ``BrokerError`` after every reply is read."""
@@ -154,7 +159,7 @@ class RedisClient:
         conn.used = time.monotonic()
         self._idle.append(conn)
 
-    def _roundtrip(self, payload: bytes, count: int) -> list[Any]:
+    def _roundtrip(self, payload: bytes, count: int, *, retry: bool = True) -> list[Any]:
         """Write ``payload`` and read ``count`` replies, trying up to 3 more times on a connection
         error or timeout (a retried command may have run: every caller's command is idempotent
         or, like a fetch, safe to repeat)."""
@@ -168,7 +173,7 @@ class RedisClient:
                 if conn is not None:
                     conn.close()
                 self._drop_idle()  # the server restarted or the network broke: the rest are dead too
-                self.back_off(attempt, exc)
+                self.back_off(attempt if retry else len(BACKOFF_S), exc)
                 continue
             except BaseException:
                 if conn is not None:

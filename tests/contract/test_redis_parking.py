@@ -4,10 +4,13 @@ delivered again when it goes away."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -291,3 +294,116 @@ def test_a_worker_told_to_fetch_now_is_parked_no_more(url: str, brokers: list) -
     producer.publish([sent := record()])
     assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]  # handed to nobody
     assert [d.id for d in producer.fetch(["default"], 8, LEASE_MS)] == [sent.id]
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that, once armed, discards the next reply Redis sends on any of its
+    connections and closes that connection: Redis carried the command out, and its answer was lost
+    on the way (a network fault, or a reply that outlived the socket's timeout)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = urlunsplit(parts._replace(netloc=f"127.0.0.1:{self.listener.getsockname()[1]}"))
+        self.armed, self.dropped = threading.Event(), threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self.armed.is_set():
+                    self.armed.clear()
+                    self.dropped.set()
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_handed_message_whose_reply_was_lost_is_fetched_at_once(url: str, brokers: list) -> None:
+    """Redis popped the handed row for the parked worker, but the reply never reached it: the worker
+    finds the message leased to its park and takes it now, not when its lease runs out."""
+    proxy = ReplyDropper(url)
+    try:
+        worker, producer = new(proxy.url, brokers), new(url, brokers)
+        parked = Parked(worker, ["default"])
+        settle_parking(producer, ["default"])
+        proxy.armed.set()
+        sent = record()
+        producer.publish([sent])
+        assert proxy.dropped.wait(5)
+        parked.join()
+        assert [(d.id, d.deliveries) for d in parked.fetched] == [(sent.id, 1)]
+        assert worker.ack(parked.fetched) == []
+        assert producer.stats(["default"])[0].in_flight == 0
+    finally:
+        proxy.close()
+
+
+def test_recovering_a_row_still_in_the_inbox_takes_it_out(url: str, brokers: list) -> None:
+    """A BLPOP can fail before it popped anything: then what was handed is still in the inbox, and
+    recovering it must leave nothing there for a fetch to hand out a second time."""
+    worker, producer = new(url, brokers), new(url, brokers)
+    keys = worker._keys("default")
+    assert worker._run("park", keys, ["park", "c1d", "n0nce", LEASE_MS, 5000, ""]) > 0
+    sent = record()
+    producer.publish([sent])
+    index, row = worker._run("park", keys, ["recover", "c1d", "n0nce"])
+    assert (int(index), bytes(row).split(b"\0")[:2]) == (1, [sent.id.encode(), b"n0nce.0"])
+    assert worker._client.call("LLEN", worker._parking._inbox("default", "c1d")) == 0
+    assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == []  # once only
+
+
+def test_nothing_is_recovered_for_a_park_whose_message_is_held_by_another(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    keys = worker._keys("default")
+    assert worker._run("park", keys, ["park", "c1d", "n0nce", 200, 5000, ""]) > 0
+    sent = record()
+    producer.publish([sent])
+    time.sleep(0.3)  # the hand-off's 200 ms lease runs out
+    (taken,) = producer.fetch(["default"], 1, LEASE_MS)
+    assert taken.id == sent.id
+    assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == []
+
+
+def test_a_park_forgets_what_the_one_before_it_was_handed(url: str, brokers: list) -> None:
+    """Each hand-off leaves a note for recovery; the same thread's next park drops it (it was received)."""
+    worker, producer = new(url, brokers), new(url, brokers)
+    markers = f"{worker.prefix}:handed:*"
+    seen: list[int] = []
+    fetched: list = []
+
+    def park_twice() -> None:
+        assert worker.fetch(["default"], 8, LEASE_MS) == []
+        worker.wait(["default"], 5)
+        fetched.extend(worker.fetch(["default"], 8, LEASE_MS))
+        seen.append(len(producer._client.call("KEYS", markers)))
+        worker.wait(["default"], 0.05)
+        seen.append(len(producer._client.call("KEYS", markers)))
+
+    thread = threading.Thread(target=park_twice)
+    thread.start()
+    settle_parking(producer, ["default"])
+    producer.publish([record()])
+    thread.join(10)
+    assert seen == [1, 0]
+    assert len(fetched) == 1
+    assert worker.ack(fetched) == []

@@ -11,7 +11,9 @@ Each thread that waits has its own park id (tests and embedders may run several 
 broker, and a worker's fetch loop moves between its threads); any thread's fetch takes what was
 handed to any of them. A worker killed while parked leaves at most one leased message in its inbox; its lease
 expires and it is delivered again, as with any worker that dies holding a message. ``close`` gives
-back whatever the inboxes and stashes still hold.
+back whatever the inboxes and stashes still hold. A ``BLPOP`` whose reply is lost (the connection
+dropped just as Redis popped a row) is not sent again: ``park.lua``'s ``recover`` finds what the park
+was handed, through the note each hand-off leaves, and the worker takes it at once.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskmill.brokers.base import Delivery
+from taskmill.errors import BrokerUnavailable
 
 __all__ = ["Parking"]
 
 # BLPOP waits at most this share of the socket timeout: Redis may end a block up to ~0.1 s late,
-# and a reply that outlives the socket's timeout is a connection error (a popped row then waits
-# out its lease).
+# and a reply that outlives the socket's timeout is a connection error (a row it popped is then
+# recovered by a second script call, as after any lost reply).
 _SOCKET_SHARE = 0.5
 
 
@@ -105,12 +108,17 @@ class Parking:
             return
         keys = [key for queue in queues for key in self._keys(queue)]
         parked_on.update(queues)
-        park = ["park", cid, os.urandom(8).hex(), int(lease_ms), int(wait_s * 1000)]
-        wait_ms = int(self._run("park", keys, park))
+        last, nonce = getattr(self._local, "nonce", ""), os.urandom(8).hex()  # the park drops what the last was handed
+        wait_ms = int(self._run("park", keys, ["park", cid, nonce, int(lease_ms), int(wait_s * 1000), last]))
+        self._local.nonce = nonce if wait_ms >= 1 else ""
         if wait_ms < 1:
             return  # something is fetchable now
         inboxes = {self._inbox(queue, cid): queue for queue in queues}
-        reply = self._client.call("BLPOP", *inboxes, wait_ms / 1000)
+        try:
+            reply = self._client.call_once("BLPOP", *inboxes, wait_ms / 1000)
+        except BrokerUnavailable:  # Redis may have popped a row handed to this park, its reply lost
+            found = self._run("park", keys, ["recover", cid, nonce])  # retried as usual; raises if Redis is gone
+            reply = [self._inbox(queues[int(found[0]) - 1], cid).encode(), found[1]] if found else None
         if reply and reply[1]:
             delivery = _delivery(inboxes[reply[0].decode()], reply[1])
             with self._lock:

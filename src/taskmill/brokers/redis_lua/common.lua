@@ -119,6 +119,12 @@ local function park_key(k, cid)
   return string.sub(k.seq, 1, -4) .. 'park:' .. cid  -- '<prefix>:seq' -> '<prefix>:park:<id>'
 end
 
+-- What a park was handed (the message id), kept for the lease: if the reply to the worker's BLPOP
+-- is lost, the row is gone from its inbox and only this finds the message (park.lua's 'recover').
+local function handed_key(k, nonce)
+  return string.sub(k.seq, 1, -4) .. 'handed:' .. nonce
+end
+
 -- Take a parked worker of queue k whose park lasts until at least `until_ms`: its id and park
 -- value, or nil. (Parks that ended are dropped by park.lua.)
 local function claim_waiter(k, now, until_ms)
@@ -155,6 +161,7 @@ local function hand_off(k, now)
     local body = redis.call('HGET', k.body, id) or ''
     redis.call('RPUSH', inbox, id .. '\0' .. m.token .. '\0' .. m.prio .. '\0' .. m.deliveries .. '\0' .. body)
     redis.call('PEXPIRE', inbox, tonumber(lease))
+    redis.call('SET', handed_key(k, nonce), id, 'PX', tonumber(lease))
   end
 end
 

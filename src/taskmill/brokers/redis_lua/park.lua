@@ -1,13 +1,33 @@
--- Park an idle worker (see common.lua), or tell it to fetch now; or unpark it for good.
--- KEYS: one group per queue it serves. ARGV: 'park', its id, a fresh nonce, lease_ms, wait_ms
---   | 'leave', its id.
+-- Park an idle worker (see common.lua), or tell it to fetch now; or unpark it for good; or find
+-- what a park was handed when the reply to its BLPOP was lost.
+-- KEYS: one group per queue it serves. ARGV: 'park', its id, a fresh nonce, lease_ms, wait_ms, the
+--   nonce of its last park ('' for none) | 'leave', its id | 'recover', its id, the park's nonce.
 -- park returns -1 when a fetch would find something now (a ready message, a delayed one or an
 --   expired lease due, or a row in its inboxes); else it parks the worker for wait_ms (shortened
 --   to when the next delayed message or lease falls due) and returns that many ms (at least 1).
 -- leave returns {queue index, row} for each message its inboxes still hold (the worker gives them
 --   back), and parks it no more.
+-- recover returns {queue index, row} for the message handed to that park if the worker still holds
+--   it (the row leaves the inbox, if it is still there), else {}.
 local op, cid = ARGV[1], ARGV[2]
 local n_queues = #KEYS / GROUP
+if op == 'recover' then
+  local marker = handed_key(queue_keys(1), ARGV[3])
+  local id = redis.call('GET', marker)
+  redis.call('DEL', marker)
+  if not id then return {} end
+  local token = ARGV[3] .. '.0'
+  for q = 1, n_queues do
+    local k = queue_keys(q)
+    local m = held(k, id, token)
+    if m then
+      local row = id .. '\0' .. token .. '\0' .. m.prio .. '\0' .. m.deliveries .. '\0' .. (redis.call('HGET', k.body, id) or '')
+      redis.call('LREM', inbox_key(k, cid), 0, row)  -- a fetch must not find it there as well
+      return {q, row}
+    end
+  end
+  return {}
+end
 if op == 'leave' then
   redis.call('DEL', park_key(queue_keys(1), cid))
   local out = {}
@@ -24,6 +44,7 @@ if op == 'leave' then
 end
 
 local now = now_ms()
+if ARGV[6] and ARGV[6] ~= '' then redis.call('DEL', handed_key(queue_keys(1), ARGV[6])) end  -- received, or never handed
 -- An earlier park of this worker ends here (a wait whose BLPOP failed leaves one): a worker that is
 -- told to fetch now may not wait again soon (its fetch loop may move to another thread).
 redis.call('DEL', park_key(queue_keys(1), cid))
