@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from taskmill.brokers import Record, open_broker
+from taskmill.brokers import Delivery, Record, open_broker
 from taskmill.brokers.redis import RedisBroker
 
 LEASE_MS = 30_000
@@ -307,6 +307,7 @@ class ReplyDropper:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = urlunsplit(parts._replace(netloc=f"127.0.0.1:{self.listener.getsockname()[1]}"))
         self.armed, self.dropped = threading.Event(), threading.Event()
+        self.addresses: set[str] = set()  # of its connections to Redis, as CLIENT LIST shows them
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -316,6 +317,7 @@ class ReplyDropper:
             except OSError:
                 return  # closed
             server = socket.create_connection(self.upstream)
+            self.addresses.add(f"127.0.0.1:{server.getsockname()[1]}")
             threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
 
@@ -334,6 +336,15 @@ class ReplyDropper:
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
 
+    def blocked_in(self, command: str, observer: RedisBroker) -> str | None:
+        """The address of one of its connections whose last command is ``command``, as ``observer``
+        sees it in CLIENT LIST (None if none is)."""
+        for line in observer._client.call("CLIENT", "LIST").decode().splitlines():
+            fields = dict(field.split("=", 1) for field in line.split() if "=" in field)
+            if fields.get("addr") in self.addresses and fields.get("cmd") == command:
+                return fields["addr"]
+        return None
+
     def close(self) -> None:
         self.listener.close()
 
@@ -345,7 +356,8 @@ def test_a_handed_message_whose_reply_was_lost_is_fetched_at_once(url: str, brok
     try:
         worker, producer = new(proxy.url, brokers), new(url, brokers)
         parked = Parked(worker, ["default"])
-        settle_parking(producer, ["default"])
+        while not proxy.blocked_in("blpop", producer):  # the next reply through the proxy is that BLPOP's
+            time.sleep(0.005)
         proxy.armed.set()
         sent = record()
         producer.publish([sent])
@@ -369,19 +381,30 @@ def test_recovering_a_row_still_in_the_inbox_takes_it_out(url: str, brokers: lis
     index, row = worker._run("park", keys, ["recover", "c1d", "n0nce"])
     assert (int(index), bytes(row).split(b"\0")[:2]) == (1, [sent.id.encode(), b"n0nce.0"])
     assert worker._client.call("LLEN", worker._parking._inbox("default", "c1d")) == 0
-    assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == []  # once only
+    assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == [index, row]  # its reply may be lost too
 
 
-def test_nothing_is_recovered_for_a_park_whose_message_is_held_by_another(url: str, brokers: list) -> None:
+def test_recovering_ends_the_park(url: str, brokers: list) -> None:
+    """Its BLPOP failed, so nobody listens to its inboxes: what is sent next stays ready."""
     worker, producer = new(url, brokers), new(url, brokers)
     keys = worker._keys("default")
-    assert worker._run("park", keys, ["park", "c1d", "n0nce", 200, 5000, ""]) > 0
+    assert worker._run("park", keys, ["park", "c1d", "n0nce", LEASE_MS, 5000, ""]) > 0
+    assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == []
+    assert producer._client.call("ZCARD", keys[8]) == 0
+    producer.publish([record()])
+    assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]
+
+
+def test_nothing_is_recovered_for_a_park_whose_message_it_no_longer_holds(url: str, brokers: list) -> None:
+    worker, producer = new(url, brokers), new(url, brokers)
+    keys = worker._keys("default")
+    assert worker._run("park", keys, ["park", "c1d", "n0nce", LEASE_MS, 5000, ""]) > 0
     sent = record()
     producer.publish([sent])
-    time.sleep(0.3)  # the hand-off's 200 ms lease runs out
-    (taken,) = producer.fetch(["default"], 1, LEASE_MS)
-    assert taken.id == sent.id
+    handed = Delivery(sent.id, "default", sent.body, 0, 1, "n0nce.0")
+    assert worker.ack([handed]) == []  # settled by its token: the worker got it after all
     assert worker._run("park", keys, ["recover", "c1d", "n0nce"]) == []
+    assert producer.stats(["default"])[0].in_flight == 0
 
 
 def test_a_park_forgets_what_the_one_before_it_was_handed(url: str, brokers: list) -> None:
@@ -407,3 +430,23 @@ def test_a_park_forgets_what_the_one_before_it_was_handed(url: str, brokers: lis
     assert seen == [1, 0]
     assert len(fetched) == 1
     assert worker.ack(fetched) == []
+
+
+def test_a_park_whose_blpop_failed_is_handed_nothing(url: str, brokers: list) -> None:
+    """The worker's BLPOP failed (its connection was killed) before anything was handed: the park
+    ends with the failure, so a message sent next stays ready for any worker rather than being
+    handed to an inbox nobody listens to."""
+    proxy = ReplyDropper(url)
+    try:
+        worker, producer = new(proxy.url, brokers), new(url, brokers)
+        parked = Parked(worker, ["default"])
+        while (address := proxy.blocked_in("blpop", producer)) is None:
+            time.sleep(0.005)
+        producer._client.call("CLIENT", "KILL", "ADDR", address)
+        parked.join()
+        assert parked.returned_after is not None
+        assert parked.returned_after < 5  # the failed wait returned; it was not sent again
+        producer.publish([record()])
+        assert [(s.ready, s.in_flight) for s in producer.stats(["default"])] == [(1, 0)]
+    finally:
+        proxy.close()

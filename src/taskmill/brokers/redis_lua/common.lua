@@ -161,7 +161,7 @@ local function hand_off(k, now)
     local body = redis.call('HGET', k.body, id) or ''
     redis.call('RPUSH', inbox, id .. '\0' .. m.token .. '\0' .. m.prio .. '\0' .. m.deliveries .. '\0' .. body)
     redis.call('PEXPIRE', inbox, tonumber(lease))
-    redis.call('SET', handed_key(k, nonce), id, 'PX', tonumber(lease))
+    redis.call('SET', handed_key(k, nonce), id, 'PX', math.max(tonumber(lease), 1))
   end
 end
 

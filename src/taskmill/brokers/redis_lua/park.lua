@@ -7,14 +7,16 @@
 --   to when the next delayed message or lease falls due) and returns that many ms (at least 1).
 -- leave returns {queue index, row} for each message its inboxes still hold (the worker gives them
 --   back), and parks it no more.
--- recover returns {queue index, row} for the message handed to that park if the worker still holds
---   it (the row leaves the inbox, if it is still there), else {}.
+-- recover ends that park (its BLPOP failed: nobody listens to its inboxes now) and returns {queue
+--   index, row} for the message handed to it if the worker still holds it (the row leaves the inbox,
+--   if it is still there), else {}. Run twice, it answers the same (its reply may be lost too).
 local op, cid = ARGV[1], ARGV[2]
 local n_queues = #KEYS / GROUP
 if op == 'recover' then
-  local marker = handed_key(queue_keys(1), ARGV[3])
-  local id = redis.call('GET', marker)
-  redis.call('DEL', marker)
+  local park = park_key(queue_keys(1), cid)
+  if string.sub(redis.call('GET', park) or '', 1, #ARGV[3] + 1) == ARGV[3] .. '|' then redis.call('DEL', park) end
+  for q = 1, n_queues do redis.call('ZREM', queue_keys(q).waiters, cid) end
+  local id = redis.call('GET', handed_key(queue_keys(1), ARGV[3]))  -- kept: the next park or its expiry drops it
   if not id then return {} end
   local token = ARGV[3] .. '.0'
   for q = 1, n_queues do
