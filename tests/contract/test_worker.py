@@ -503,50 +503,63 @@ def test_a_busy_worker_fetches_on_the_thread_that_frees_a_slot(app: App, start_w
     assert (stats.ready, stats.in_flight) == (0, 0)
 
 
-def test_a_message_retried_at_once_takes_a_slot_of_its_own_while_its_first_thread_settles(
-    app: App, start_worker: Callable[..., Worker]
-) -> None:
-    """A retry with no delay makes the message ready again while the thread that ran it still
-    settles it (here: logs the retry). Fetched again at once, the second delivery takes a slot of its
-    own: the worker never holds more messages than it has threads."""
-    gate, blocked = threading.Event(), threading.Event()
-    started: list[str] = []
+class HoldTheRetryLine(logging.Handler):
+    """Holds the thread that logs a retry (it has retried its message, and still holds its slot)
+    until ``let_go`` is set; ``blocked`` says a thread is held."""
 
-    class HoldTheRetryLine(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "retry in" in record.getMessage():
-                blocked.set()
-                gate.wait(10)
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked, self.let_go = threading.Event(), threading.Event()  # not `release`: Handler's lock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retry in" in record.getMessage():
+            self.blocked.set()
+            self.let_go.wait(10)
+
+
+def retried_at_once_then_held(app: App, hold: HoldTheRetryLine, started: list[str]) -> Any:
+    """An actor that asks for a retry with no delay, then (its second delivery) runs until released."""
 
     @app.actor
     def flaky() -> None:
         started.append("flaky")
         if started.count("flaky") == 1:
             raise Retry(delay=0)
-        gate.wait(10)  # the second delivery runs on until the first is released
+        hold.let_go.wait(10)
+
+    flaky.logger.addHandler(hold)
+    return flaky
+
+
+def test_a_message_retried_at_once_takes_a_slot_of_its_own_while_its_first_thread_settles(
+    app: App, start_worker: Callable[..., Worker]
+) -> None:
+    """A retry with no delay makes the message ready again while the thread that ran it still
+    settles it (here: logs the retry). Fetched again at once, the second delivery takes a slot of its
+    own: the worker never holds more messages than it has threads."""
+    hold, started = HoldTheRetryLine(), list[str]()
+    flaky = retried_at_once_then_held(app, hold, started)
 
     @app.actor
     def other() -> None:
         started.append("other")
 
-    handler = HoldTheRetryLine()
-    flaky.logger.addHandler(handler)
     try:
         flaky.send()
         worker = start_worker(threads=2)
-        assert blocked.wait(10)
+        assert hold.blocked.wait(10)
         wait_for(lambda: started.count("flaky") == 2)  # the second delivery, fetched at once
         assert worker.in_flight == 2  # the first still holds its slot: the worker is full
         other.send()
         time.sleep(0.3)
         assert "other" not in started
-        gate.set()
+        hold.let_go.set()
         wait_for(lambda: "other" in started)
         wait_for(lambda: worker.in_flight == 0)
         wait_for(lambda: app.broker.stats()[0].in_flight == 0)
     finally:
-        gate.set()
-        flaky.logger.removeHandler(handler)
+        hold.let_go.set()
+        flaky.logger.removeHandler(hold)
     assert started == ["flaky", "flaky", "other"]
 
 
@@ -556,38 +569,22 @@ def test_a_heartbeat_while_a_retried_message_settles_reports_no_lost_lease(
     """Once its thread has retried a message, the old delivery's lease is gone by design: heartbeats
     that come before the thread frees its slot neither renew it nor warn that it was lost."""
     app = App(broker=broker, lease_seconds=0.6)  # a heartbeat every 0.2 s
-    release, blocked = threading.Event(), threading.Event()
-    started: list[str] = []
-
-    class HoldTheRetryLine(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "retry in" in record.getMessage():
-                blocked.set()
-                release.wait(10)
-
-    @app.actor
-    def flaky() -> None:
-        started.append("flaky")
-        if len(started) == 1:
-            raise Retry(delay=0)
-        release.wait(10)
-
-    handler = HoldTheRetryLine()
-    flaky.logger.addHandler(handler)
+    hold, started = HoldTheRetryLine(), list[str]()
+    flaky = retried_at_once_then_held(app, hold, started)
     caplog.set_level(logging.WARNING)
     worker = Worker(app, threads=2)
     try:
         flaky.send()
         worker.start()
-        assert blocked.wait(10)
+        assert hold.blocked.wait(10)
         wait_for(lambda: len(started) == 2)
         time.sleep(0.7)  # three heartbeats or more while the first thread still holds its slot
-        release.set()
+        hold.let_go.set()
         wait_for(lambda: worker.in_flight == 0)
     finally:
-        release.set()
+        hold.let_go.set()
         worker.stop(grace=5)
-        flaky.logger.removeHandler(handler)
+        flaky.logger.removeHandler(hold)
     assert [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()] == []
 
 
