@@ -58,7 +58,7 @@ class Worker:
         self._flushing = False  # a thread is sending queued acks (the loop idles, or a stop began)
         self._role_free = False  # nobody runs the fetch loop: the next thread to free a slot takes it
         self._taker = 0  # the thread that took it, until it starts the loop
-        self._unrenewed: set[int] = set()  # in flight, renewed no more: settling, or its lost lease was logged
+        self._unrenewed: set[int] = set()  # in flight, renewed no more: retried, dead-lettered, or its loss logged
         self._pool: list[threading.Thread] = []
 
     @property
@@ -137,9 +137,8 @@ class Worker:
         if self._loop is not None:
             self._loop.close()
         self._stopped.set()
-        monitor = self._pool[-1] if self._pool else None  # it touches the broker
-        if monitor is not None and monitor.is_alive():  # not started: nothing to wait for
-            monitor.join(timeout=5)
+        if self._pool and self._pool[-1].is_alive():  # the monitor touches the broker (not started: no wait)
+            self._pool[-1].join(timeout=5)
 
     def _release_unstarted(self) -> None:
         try:
@@ -337,11 +336,10 @@ class Worker:
             self._ack(delivery)
             executor.log_done(logger, delivery, outcome, settings.log_args, settings.log_args_max)
             return
-        with self._changed:  # a retry or dead letter ends the lease: a heartbeat finding it gone is no news
-            self._unrenewed.add(id(delivery))
         where = executor.describe(delivery, outcome, settings.log_args, settings.log_args_max)
         if outcome.rejected is not None:
             executor.dead_letter(self.app, self.lease_ms, delivery, outcome.rejected, outcome)
+            self._settled(delivery)
             logger.error("%s dead-lettered: %s (%s)", where, outcome.rejected.reason, outcome.rejected.error_message)
             return
         error = outcome.error
@@ -354,10 +352,17 @@ class Worker:
             delay = None
         if delay is None:
             executor.dead_letter(self.app, self.lease_ms, delivery, executor.failure_from("failed", error), outcome)
+            self._settled(delivery)
             logger.error("%s failed for good with %s: %s", where, type(error).__qualname__, error, exc_info=error)
             return
         broker.retry(delivery, int(delay * 1000))
+        self._settled(delivery)
         logger.warning("%s failed with %s: %s; retry in %.1f s", where, type(error).__qualname__, error, delay)
+
+    def _settled(self, delivery: Delivery) -> None:
+        """Its retry or dead letter ended its lease: heartbeats renew it no more, nor report it lost."""
+        with self._changed:
+            self._unrenewed.add(id(delivery))
 
     def _ack(self, delivery: Delivery) -> None:
         """Queue an ack for the fetch loop's next call and free the slot; while the loop idles, or a
