@@ -8,17 +8,19 @@ Both queue types run: classic (priorities, our own delivery count) and quorum (R
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pytest
 
+from taskmill import App, Worker
 from taskmill.brokers import Broker, Delivery, Failure, Record, open_broker
 from taskmill.brokers.rabbitmq import RabbitMQBroker
 from taskmill.errors import BrokerError, BrokerUnavailable, ConfigurationError, InvalidOptionError, LeaseLost
@@ -104,6 +106,56 @@ def test_a_message_that_keeps_killing_its_holder_is_buried_as_delivery_limit(bro
     assert [(b.id, b.reason, b.deliveries) for b in buried] == [(record.id, "delivery_limit", MAX_DELIVERIES)]
     [dead] = broker.dead_letters()
     assert (dead.id, dead.reason, dead.body) == (record.id, "delivery_limit", b"poison")
+
+
+def test_a_dead_letter_report_that_raises_gives_back_what_its_fetch_received(broker: Broker, url: str) -> None:
+    """A fetch hands out a message and the dead letter the broker made as the one before it
+    arrived. If the report of the dead letter raises, the message is given back now: RabbitMQ has
+    no lease to run out, so otherwise the worker's connection would hold it until the worker
+    stops. The worker goes on."""
+    app = App(broker=broker)
+    ran: list[int] = []
+
+    @app.actor
+    def work(n: int) -> None:
+        ran.append(n)
+
+    poison = work.send(0)
+    for attempt in range(1, MAX_DELIVERIES + 1):
+        assert hold_and_die(url) == (poison.id, attempt)
+    wait_for(lambda: broker.stats(["default"])[0].ready == 1)  # RabbitMQ saw the last holder die
+    after = work.send(1)
+    # This instance receives both before the worker's first fetch: the poison is buried as it
+    # arrives (its ack frees the credit that brings the next), and 1 waits in the buffer.
+    broker.wait(["default"], 10)
+    assert wait_for(broker.dead_letters)[0].id == poison.id
+    given_back: list[str] = []
+    release = broker.release
+
+    def recording_release(deliveries: Sequence[Delivery]) -> None:
+        given_back.extend(d.id for d in deliveries)
+        release(deliveries)
+
+    class Refuse(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if "delivery_limit after" in record.getMessage():
+                raise RuntimeError("a log filter failed")
+            return True
+
+    broker.release = recording_release  # type: ignore[method-assign]
+    logger, refuse = logging.getLogger("taskmill.worker"), Refuse()
+    logger.addFilter(refuse)
+    worker = Worker(app, threads=2)
+    try:
+        worker.start()
+        wait_for(lambda: ran == [1])
+        assert given_back == [after.id]
+        work.send(2)
+        wait_for(lambda: ran == [1, 2])
+    finally:
+        logger.removeFilter(refuse)
+        worker.stop(grace=5)
+    assert [(d.id, d.reason) for d in broker.dead_letters()] == [(poison.id, "delivery_limit")]
 
 
 def test_a_holder_whose_connection_closed_cannot_settle(url: str) -> None:
