@@ -67,10 +67,10 @@ def on_pika(n: int, prefetch: int) -> tuple[float, float]:
     channel = connection.channel()
     channel.basic_qos(prefetch_count=prefetch)
     work, done = workers(n, lambda tag: connection.add_callback_threadsafe(lambda: channel.basic_ack(tag)))
-    channel.basic_consume(QUEUE, lambda _c, method, _p, _b: work.put(method.delivery_tag))
     started, cpu = time.perf_counter(), time.process_time()
+    channel.basic_consume(QUEUE, lambda _c, method, _p, _b: work.put(method.delivery_tag))
     while not done.is_set():
-        connection.process_data_events(time_limit=0.05)
+        connection.process_data_events(time_limit=0.005)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     connection.close()
     return n / seconds, cpu / n * 1e6
@@ -84,24 +84,23 @@ def on_aiormq(n: int, prefetch: int) -> tuple[float, float]:
     channel: Any = None
 
     def ack(tag: int) -> None:
-        loop.call_soon_threadsafe(lambda: loop.create_task(channel.basic_ack(tag)))
+        loop.call_soon_threadsafe(lambda: loop.create_task(channel.basic_ack(tag, wait=False)))
 
     work, done = workers(n, ack)
 
-    async def consume() -> Any:
+    async def connect() -> Any:
         nonlocal channel
         connection = await aiormq.connect(URL)
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=prefetch)
-
-        async def received(message: Any) -> None:
-            work.put(message.delivery_tag)
-
-        await channel.basic_consume(QUEUE, received)
         return connection
 
+    async def received(message: Any) -> None:
+        work.put(message.delivery_tag)
+
+    connection = asyncio.run_coroutine_threadsafe(connect(), loop).result()  # untimed, as for pika
     started, cpu = time.perf_counter(), time.process_time()
-    connection = asyncio.run_coroutine_threadsafe(consume(), loop).result()
+    asyncio.run_coroutine_threadsafe(channel.basic_consume(QUEUE, received), loop).result()
     done.wait()
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     asyncio.run_coroutine_threadsafe(connection.close(), loop).result()
