@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,24 @@ MAX_DELIVERIES = 3
 REDIS_TEST_URL = "redis://127.0.0.1:6379/15"
 POSTGRES_TEST_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RABBITMQ_TEST_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class _RefuseDeadLetterReports(logging.Filter):
+    """Raises on the worker's line for a dead letter the broker made while fetching (its report)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "delivery_limit after" in record.getMessage():
+            raise RuntimeError("a log filter failed")
+        return True
+
+
+@pytest.fixture
+def failing_dead_letter_reports() -> Iterator[None]:
+    """While the test runs, the worker's report of a dead letter made during a fetch raises."""
+    logger, refuse = logging.getLogger("taskmill.worker"), _RefuseDeadLetterReports()
+    logger.addFilter(refuse)
+    yield
+    logger.removeFilter(refuse)
 
 
 def _sqlite_url(path: Path) -> str:
