@@ -3,11 +3,12 @@
     bench/.venv/bin/python bench/amqp_clients.py [N] [PREFETCH]    # drain rate and CPU per message
     bench/.venv/bin/python bench/amqp_clients.py latency [N]       # publish-to-worker-thread time
 
-The shape of a threaded worker, twice: one thread owns the connection and receives, eight worker
+The shape of a threaded worker, three ways: one thread owns the connection and receives, eight worker
 threads take each message from a queue.Queue and hand its ack back to the connection's thread.
 Once on pika (a BlockingConnection driven by ``process_data_events``, acks through
 ``add_callback_threadsafe``, as Dramatiq does) and once on aiormq (an asyncio loop on its own
-thread, acks through ``call_soon_threadsafe``, as taskmill's RabbitMQ broker does), three times
+thread, acks through ``call_soon_threadsafe``), then on aiormq with uvloop's event loop in
+place of asyncio's (as taskmill's RabbitMQ broker runs where uvloop is installed), three times
 alternating. The drain takes N persistent messages (default 10,000) from a priority queue like
 taskmill's, published beforehand, with the given prefetch (default 8, one per worker thread), and
 prints messages/s and the process's CPU time per message. ``latency`` publishes N messages
@@ -92,10 +93,16 @@ def on_pika(n: int, prefetch: int, seen: Callable[[bytes], None], ready: threadi
     return n / seconds, cpu / n * 1e6
 
 
-def on_aiormq(n: int, prefetch: int, seen: Callable[[bytes], None], ready: threading.Event) -> tuple[float, float]:
+def on_aiormq(
+    n: int,
+    prefetch: int,
+    seen: Callable[[bytes], None],
+    ready: threading.Event,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+) -> tuple[float, float]:
     import aiormq
 
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     channel: Any = None
 
@@ -125,7 +132,13 @@ def on_aiormq(n: int, prefetch: int, seen: Callable[[bytes], None], ready: threa
     return n / seconds, cpu / n * 1e6
 
 
-CLIENTS = (("pika", on_pika), ("aiormq", on_aiormq))
+def on_uvloop(n: int, prefetch: int, seen: Callable[[bytes], None], ready: threading.Event) -> tuple[float, float]:
+    import uvloop
+
+    return on_aiormq(n, prefetch, seen, ready, uvloop.new_event_loop)
+
+
+CLIENTS = (("pika", on_pika), ("aiormq", on_aiormq), ("uvloop", on_uvloop))
 
 
 def drain(n: int, prefetch: int) -> None:

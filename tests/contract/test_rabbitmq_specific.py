@@ -437,3 +437,25 @@ def test_acks_out_of_order_settle_exactly_the_acked_messages(url: str) -> None:
         assert fetch_n(second, 1, timeout=1.0) == []
     finally:
         second.close()
+
+
+def test_the_broker_runs_its_loop_on_uvloop_where_it_is_installed(broker: RabbitMQBroker) -> None:
+    import uvloop  # the amqp extra installs it (except on Windows and PyPy)
+
+    assert isinstance(broker.loop, uvloop.Loop)
+
+
+def test_without_uvloop_the_broker_runs_on_asyncio_s_own_loop(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed: its import fails
+    plain = open_broker(url, max_deliveries=MAX_DELIVERIES)
+    try:
+        assert isinstance(plain, RabbitMQBroker)
+        assert type(plain.loop).__module__.startswith("asyncio")
+        records = [Record(new_message_id(), "default", f"m{i}".encode(), priority=i) for i in range(3)]
+        plain.publish(records)
+        held = fetch_n(plain, 3)
+        assert sorted(d.body for d in held) == [b"m0", b"m1", b"m2"]
+        assert plain.ack(held) == []
+        assert fetch_n(plain, 1, timeout=0.5) == []
+    finally:
+        plain.close()

@@ -49,7 +49,7 @@ class RabbitMQBroker(Broker):
         self.options = parse_url(url)
         self.names = Names(self.options.prefix)
         self.topology = Topology(self.names, self.options.queue_type)
-        self.loop = asyncio.new_event_loop()
+        self.loop = client.new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="taskmill-amqp", daemon=True)
         self._thread.start()
         self._connection: Any = None

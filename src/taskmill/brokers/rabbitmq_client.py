@@ -1,6 +1,10 @@
 """The RabbitMQ broker's dealings with the AMQP client (aio-pika on aiormq) itself.
 
 - ``import_aio_pika`` imports the client, or says how to install it.
+- ``new_loop`` makes the broker's event loop: uvloop's where it is installed (the ``amqp`` extra
+  brings it, except on Windows and PyPy), asyncio's otherwise. Measured in-process
+  (``bench/inprocess.py drain 20000 amqp://...``, alternated): 4-9% less CPU per message, since
+  the loop thread runs the client's frame parsing and every hand-off from the worker's threads.
 - ``open_channel`` opens a channel; when the connection closes meanwhile, aiormq raises a bare
   ``RuntimeError``, which becomes a ``ConnectionError`` (so the broker reports BrokerUnavailable).
 - ``open_connection`` opens a connection and its two channels, and closes the connection again if
@@ -44,6 +48,7 @@ __all__ = [
     "Holdings",
     "arrivals",
     "import_aio_pika",
+    "new_loop",
     "open_channel",
     "open_connection",
     "quiet_client_repeats",
@@ -72,6 +77,15 @@ def import_aio_pika() -> Any:
     except ImportError:
         raise ConfigurationError("amqp:// needs the aio-pika package: pip install 'taskmill[amqp]'") from None
     return aio_pika
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for the broker's thread: uvloop's if it imports, asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 async def open_connection(aio_pika: Any, url: str, timeout: float) -> tuple[Any, Any, Any]:
