@@ -203,7 +203,7 @@ Celery on the same RabbitMQ, against Procrastinate on the same PostgreSQL, and o
 SQLite brokers, all in the same run, plus a framework-free ceiling. Reproduce with:
 
 ```bash
-bash bench/run.sh            # full run, 40-60 minutes; --quick is a 2-minute smoke test
+bash bench/run.sh            # full run, 30-60 minutes; --quick is a 2-minute smoke test
 ```
 
 It creates `bench/.venv`, installs the pinned peers (`bench/requirements.txt`) and taskmill from
