@@ -9,8 +9,8 @@ URLs work too (use a fresh ``?prefix=``, schema or file). The task is the bench'
 pipelined round trip to Redis db 14), and the CLI's log handler is installed at INFO (set
 TASKMILL_BENCH_LOG=WARNING to see what the per-message line costs). ``latency`` sends from a child
 process, 5 ms apart, and prints the median of each stage: send -> the worker's wait returns ->
-its fetch returns -> the actor starts. Figures move with the machine's load: compare runs made
-one after the other, alternating the variants.
+its fetch returns -> the actor starts, and the same for the slowest 5%. Figures move with the
+machine's load: compare runs made one after the other, alternating the variants.
 """
 
 from __future__ import annotations
@@ -154,6 +154,13 @@ def latency(n: int, url: str) -> None:
         f"+ wake->fetched {median_ms([f - w for _, w, f, _ in marks]):.3f} "
         f"+ fetched->start {median_ms([e - f for _, _, f, e in marks]):.3f}; "
         f"send() alone {median_ms(sends):.3f} ms"
+    )
+    tail = sorted(marks, key=lambda m: m[3] - m[0])[-max(1, len(marks) // 20) :]  # the slowest 5%
+    print(
+        f"slowest {len(tail)}: median {median_ms([e - s for s, _, _, e in tail]):.3f} ms = "
+        f"send->wake {median_ms([w - s for s, w, _, _ in tail]):.3f} "
+        f"+ wake->fetched {median_ms([f - w for _, w, f, _ in tail]):.3f} "
+        f"+ fetched->start {median_ms([e - f for _, _, f, e in tail]):.3f}"
     )
 
 

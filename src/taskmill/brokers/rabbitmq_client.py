@@ -3,8 +3,9 @@
 - ``import_aio_pika`` imports the client, or says how to install it.
 - ``new_loop`` makes the broker's event loop: uvloop's where it is installed (the ``amqp`` extra
   brings it, except on Windows and PyPy), asyncio's otherwise. Measured in-process
-  (``bench/inprocess.py drain 20000 amqp://...``, alternated): 2-9% less CPU per message, since
-  the loop thread runs the client's frame parsing and every hand-off from the worker's threads.
+  (``bench/inprocess.py drain 10000|20000 amqp://...``, 6 alternated pairs): 2-9% less CPU per
+  message, since the loop thread runs the client's frame parsing and every hand-off from the
+  worker's threads.
 - ``open_channel`` opens a channel; when the connection closes meanwhile, aiormq raises a bare
   ``RuntimeError``, which becomes a ``ConnectionError`` (so the broker reports BrokerUnavailable).
 - ``open_connection`` opens a connection and its two channels, and closes the connection again if
