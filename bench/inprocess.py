@@ -146,22 +146,21 @@ def latency(n: int, url: str) -> None:
     def p99_ms(values: list[float]) -> float:
         return sorted(values)[max(0, -(-len(values) * 99 // 100) - 1)] * 1000  # nearest rank
 
+    def stages(of: list[tuple[float, float, float, float]]) -> str:
+        return (
+            f"p50 {median_ms([e - s for s, _, _, e in of]):.3f} ms = "
+            f"send->wake {median_ms([w - s for s, w, _, _ in of]):.3f} "
+            f"+ wake->fetched {median_ms([f - w for _, w, f, _ in of]):.3f} "
+            f"+ fetched->start {median_ms([e - f for _, _, f, e in of]):.3f}"
+        )
+
     sends = [float(x) for x in redis.Redis.from_url(DEFAULT_URL).lrange("inprocess:send", 20, -1)]
     print(
-        f"n={len(marks)}: p99 {p99_ms([e - s for s, _, _, e in marks]):.3f} ms, "
-        f"p50 {median_ms([e - s for s, _, _, e in marks]):.3f} ms = "
-        f"send->wake {median_ms([w - s for s, w, _, _ in marks]):.3f} "
-        f"+ wake->fetched {median_ms([f - w for _, w, f, _ in marks]):.3f} "
-        f"+ fetched->start {median_ms([e - f for _, _, f, e in marks]):.3f}; "
+        f"n={len(marks)}: p99 {p99_ms([e - s for s, _, _, e in marks]):.3f} ms, {stages(marks)}; "
         f"send() alone {median_ms(sends):.3f} ms"
     )
-    tail = sorted(marks, key=lambda m: m[3] - m[0])[-max(1, len(marks) // 20) :]  # the slowest 5%
-    print(
-        f"slowest {len(tail)}: median {median_ms([e - s for s, _, _, e in tail]):.3f} ms = "
-        f"send->wake {median_ms([w - s for s, w, _, _ in tail]):.3f} "
-        f"+ wake->fetched {median_ms([f - w for _, w, f, _ in tail]):.3f} "
-        f"+ fetched->start {median_ms([e - f for _, _, f, e in tail]):.3f}"
-    )
+    tail = sorted(marks, key=lambda m: m[3] - m[0])[-max(1, len(marks) // 20) :]
+    print(f"the slowest {len(tail)} (5%): {stages(tail)}")
 
 
 def make_app_no_flush(url: str) -> tuple[taskmill.App, Any, Any]:
